@@ -1,0 +1,5 @@
+import sys
+
+from spectralens.cli import main
+
+sys.exit(main())
