@@ -27,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spectralens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        module = importlib.import_module(f"spectralens.cli.{name}_cmd")
+        module_name = f"spectralens.cli.{name}_cmd"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a sub-command not installed in this build
+            if exc.name != module_name:
+                raise
+            continue
         module.add_parser(sub)
     return parser
 
