@@ -1,0 +1,112 @@
+"""The per-layer numbers of the spectral-update condition, as pure tensor -> float functions.
+
+Davis & Drusvyatskiy (arXiv 2512.04299): for a block W with gradient G and incoming
+activation A, a spectral step (``||G||_* / L_op`` times polar(G)) is promised more descent
+than a gradient step (``1 / L_F``) when
+
+    nr(G) = ||G||_*^2 / ||G||_F^2  >=  st(A) = ||A||_F^2 / ||A||_op^2,
+
+the guaranteed decreases being in the ratio nr/st; nr >= 2 st makes the spectral step at
+least as good outright (two-sided form). For a diagonal block (norm gain g) the spectral
+step is a sign step and nr becomes ||g||_1^2 / ||g||_2^2.
+
+All eigenvalue work is in float64 on the smaller Gram (``spectralens.linalg.eigenvalues``),
+never a full SVD. Every function returns plain Python floats; callers turn exceptions and
+non-finite values into NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spectralens.fit import hill_alpha
+from spectralens.linalg import (
+    conv_flatten, eigenvalues, nuclear_rank_from_eigenvalues, stable_rank_from_eigenvalues,
+    stable_rank_from_gram,
+)
+
+__all__ = ["weight_matrix", "activation_stats", "token_stats", "gradient_stats", "gain_gradient_stats",
+           "weight_stats", "condition"]
+
+_NAN = float("nan")
+
+
+def weight_matrix(t: torch.Tensor, family: str) -> torch.Tensor:
+    """A weight (or its gradient) as the matrix that multiplies A's rows: (out, in).
+
+    linear: as stored; HF Conv1D stores (in, out) and is transposed; conv: (out, in/groups * k);
+    embedding: (vocab, d) (nr and st are transpose-invariant).
+    """
+    if family == "hf_conv1d":
+        return t.T
+    if family == "conv":
+        return conv_flatten(t)
+    return t
+
+
+def activation_stats(gram: torch.Tensor, fro2: torch.Tensor | None = None) -> dict:
+    """st(A) = trace(C) / lambda_max(C) from C = A^T A (d x d), in float64.
+
+    Returns ``st_act``, ``act_fro2`` = ||A||_F^2 (the accumulated sum when given, else trace C)
+    and ``act_op2`` = ||A||_op^2 = lambda_max(C).
+    """
+    C = gram.to(torch.float64)
+    st = float(stable_rank_from_gram(C))
+    f2 = float(fro2) if fro2 is not None else float(C.diagonal().sum())
+    return {"st_act": st, "act_fro2": f2, "act_op2": f2 / st if st > 0 else _NAN}
+
+
+def token_stats(counts: torch.Tensor) -> dict:
+    """Token-indicator matrix E (N x vocab, one 1 per row): E^T E = diag(counts), so
+    ||E||_F^2 = N, ||E||_op^2 = max count and st(E) = N / max count = 1 / p_max."""
+    n = float(counts.sum())
+    top = float(counts.max()) if counts.numel() else 0.0
+    return {"st_act": n / top if top > 0 else _NAN, "act_fro2": n, "act_op2": top}
+
+
+def gradient_stats(G: torch.Tensor) -> dict:
+    """nr(G), ||G||_F, ||G||_op and st(G) of a gradient matrix (out, in) from eigenvalues of
+    its smaller Gram in float64 (lambda_i = s_i^2)."""
+    ev = eigenvalues(G.detach(), dtype=torch.float64, method="gram")
+    fro2 = float(ev.sum())
+    return {
+        "nr_grad": float(nuclear_rank_from_eigenvalues(ev)),
+        "grad_fro": math.sqrt(max(fro2, 0.0)),
+        "grad_op": math.sqrt(max(float(ev[-1]), 0.0)),
+        "st_grad": float(stable_rank_from_eigenvalues(ev)),
+    }
+
+
+def gain_gradient_stats(g: torch.Tensor) -> dict:
+    """Diagonal block diag(g): singular values |g_i|, so nr = ||g||_1^2 / ||g||_2^2,
+    ||.||_op = max |g_i| and st = ||g||_2^2 / max g_i^2."""
+    g = g.detach().reshape(-1).to(torch.float64)
+    l1, l2sq, top = float(g.abs().sum()), float((g * g).sum()), float(g.abs().max())
+    return {
+        "nr_grad": l1 * l1 / l2sq if l2sq > 0 else _NAN,
+        "grad_fro": math.sqrt(l2sq),
+        "grad_op": top,
+        "st_grad": l2sq / (top * top) if top > 0 else _NAN,
+    }
+
+
+def weight_stats(W: torch.Tensor, *, alpha: bool = False) -> dict:
+    """||W||_op, st(W) and (when ``alpha``) the Hill/median power-law alpha of W's ESD.
+    A 1-D weight (norm gain) is the diagonal matrix diag(w)."""
+    W = W.detach()
+    if W.dim() == 1:
+        ev = torch.sort(W.to(torch.float64) ** 2).values
+    else:
+        ev = eigenvalues(W, dtype=torch.float64, method="gram")
+    out = {"weight_op": math.sqrt(max(float(ev[-1]), 0.0)), "st_weight": float(stable_rank_from_eigenvalues(ev))}
+    out["alpha"] = float(hill_alpha(ev)) if alpha and W.dim() > 1 else _NAN
+    return out
+
+
+def condition(nr: float, st: float) -> dict:
+    """ratio = nr/st and the flags nr >= st (``cond``) and nr >= 2 st (``cond2``); None flags
+    when either number is not finite."""
+    if not (math.isfinite(nr) and math.isfinite(st)) or st <= 0:
+        return {"ratio": _NAN, "cond": None, "cond2": None}
+    return {"ratio": nr / st, "cond": bool(nr >= st), "cond2": bool(nr >= 2 * st)}
