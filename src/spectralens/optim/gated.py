@@ -1,0 +1,289 @@
+"""GatedSpectral: per layer, a spectral (Muon-like) or a Euclidean (AdamW) step, chosen by
+the measured condition nr(G) vs st(A), with hysteresis.
+
+Davis & Drusvyatskiy, "When do spectral gradient updates help in deep learning?",
+arXiv 2512.04299: for a layer W with incoming activations A (n x d) and gradient G,
+a spectral step is promised more descent than a Euclidean one when
+
+    nr(G) = ||G||_*^2 / ||G||_F^2   >=   st(A) = ||A||_F^2 / ||A||_op^2,
+
+and the ratio r = nr(G) / st(A) is the predicted ratio of the two guaranteed decreases.
+
+What it does, for every gated weight (each ``nn.Linear`` weight of the model except the
+last Linear, the output head, unless ``exclude_last=False``):
+
+* every ``every`` optimizer steps (step 0, every, 2*every, ...) it measures r: nr(G) from the
+  current gradient (eigenvalues of the smaller Gram of G, float64) and st(A) from the
+  layer's input in the forward pass just before that step (forward hooks on the gated
+  Linears record the inputs of grad-enabled forwards on measurement steps only, inputs
+  shared by several layers (Q, K, V) measured once; ||A||_op by power iteration). Or
+  ``st_provider(name) -> float | None`` supplies st(A) (e.g. from the spectral monitor) and
+  no hooks are installed;
+* hysteresis: a Euclidean layer switches to spectral when r > ``hi``; a spectral layer
+  switches back when r < ``lo`` (lo <= hi). Between measurements the mode is kept. A
+  measurement that is NaN/None keeps the mode. Layers start in ``initial_mode``;
+* Euclidean step = AdamW: m, v EMAs (betas), bias correction, p -= lr * m_hat / (sqrt(v_hat) + eps);
+* spectral step = Muon: buf = mu buf + (1 - mu) G, Nesterov u = (1 - mu) G + mu buf (or buf),
+  p -= lr * 0.2 sqrt(max(rows, cols)) * NS5(u) (the "match RMS of AdamW" scale of
+  Moonlight, so ONE learning rate serves both steps);
+* both states (Adam moments and Muon momentum) are updated every step whatever the mode,
+  so a switch starts from warm statistics;
+* decoupled weight decay p *= 1 - lr * weight_decay on parameters with >= 2 dims;
+  1-D parameters (norm gains, biases) get none;
+* every other parameter (embeddings, the output head, norms, biases) always takes the
+  AdamW step.
+
+``choices()`` returns the measurement history (step, name, nr, st, ratio, mode, switched).
+``force="spectral"`` / ``"euclidean"`` pins every gated layer (an all-Muon-hidden hybrid or
+plain AdamW with the same code path), for ablations.
+
+Limits: only nn.Linear weights are gated (conv weights take AdamW); the measurement adds
+one Gram eigen-decomposition per gated weight and a power iteration per distinct input
+every ``every`` steps; st(A) comes from one batch (the most recent), not an average.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..linalg.norms import power_iteration
+from ..linalg.ranks import nuclear_rank_from_eigenvalues
+from ..linalg.spectrum import eigenvalues
+
+__all__ = ["GatedSpectral"]
+
+_MODES = ("euclidean", "spectral")
+
+
+def _orthogonalize(G: torch.Tensor, steps: int) -> torch.Tensor:
+    try:
+        from ..linalg.orthogonalize import orthogonalize_newton_schulz
+    except ImportError:  # pragma: no cover - the linalg module ships with the package
+        orthogonalize_newton_schulz = None
+    if orthogonalize_newton_schulz is not None:
+        return orthogonalize_newton_schulz(G, steps, dtype=torch.float32)
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.float()
+    tall = X.shape[0] > X.shape[1]
+    X = X.T if tall else X
+    X = X / X.norm().clamp_min(1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
+class GatedSpectral(torch.optim.Optimizer):
+    """Condition-gated spectral/Euclidean optimizer (see module docstring).
+
+    Args:
+        model: the model; its nn.Linear weights (but the last) are gated.
+        lr: learning rate shared by both steps (AdamW scale).
+        betas, eps: AdamW moments.
+        weight_decay: decoupled decay on >= 2-D parameters.
+        momentum, nesterov, ns_steps: the spectral (Muon) step.
+        every: measure the condition every this many steps (>= 1).
+        hi, lo: hysteresis thresholds on r = nr(G) / st(A) (0 < lo <= hi).
+        st_provider: optional callable name -> st(A) (float or None); no hooks when given.
+        initial_mode: "euclidean" or "spectral" before the first measurement.
+        force: None, "euclidean" or "spectral" (no measurement, fixed mode).
+        exclude_last: keep the last nn.Linear (output head) on AdamW.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.95, nesterov: bool = True,
+                 ns_steps: int = 5, every: int = 10, hi: float = 1.5, lo: float = 1.0,
+                 st_provider: Callable[[str], float | None] | None = None, initial_mode: str = "euclidean",
+                 force: str | None = None, exclude_last: bool = True):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not (isinstance(lr, (int, float)) and lr >= 0.0 and math.isfinite(lr)):
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid betas: {betas}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid eps: {eps}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay: {weight_decay}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Invalid momentum: {momentum}")
+        if not (isinstance(ns_steps, int) and ns_steps >= 1):
+            raise ValueError(f"Invalid ns_steps: {ns_steps!r}")
+        if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+            raise ValueError(f"Invalid every: {every!r} (must be a positive int)")
+        if not (0.0 < lo <= hi and math.isfinite(hi)):
+            raise ValueError(f"Invalid hysteresis thresholds lo={lo}, hi={hi}: need 0 < lo <= hi < inf")
+        if initial_mode not in _MODES:
+            raise ValueError(f"Invalid initial_mode: {initial_mode!r}; expected one of {_MODES}")
+        if force not in (None, *_MODES):
+            raise ValueError(f"Invalid force: {force!r}; expected None or one of {_MODES}")
+        if st_provider is not None and not callable(st_provider):
+            raise TypeError(f"st_provider must be callable, got {type(st_provider).__name__}")
+
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if exclude_last and linears:
+            linears = linears[:-1]
+        gated, seen = [], set()
+        for n, m in linears:
+            if m.weight.requires_grad and id(m.weight) not in seen:
+                gated.append((n, m))
+                seen.add(id(m.weight))
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+        groups = []
+        if gated:
+            groups.append({"params": [m.weight for _, m in gated], "gated": True, "step_count": 0})
+        if rest:
+            groups.append({"params": rest, "gated": False, "step_count": 0})
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        nesterov=nesterov, ns_steps=ns_steps)
+        super().__init__(groups, defaults)
+        self.every, self.hi, self.lo = every, float(hi), float(lo)
+        self.initial_mode, self.force = initial_mode, force
+        self.st_provider = st_provider
+        self._name_of = {id(m.weight): n for n, m in gated}
+        self._history: list[dict] = []
+        self._inputs: dict[str, torch.Tensor] = {}  # module name -> input (n, d) of the last forward
+        self._handles = []
+        if st_provider is None and force is None:
+            for n, m in gated:
+                self._handles.append(m.register_forward_hook(self._make_hook(n)))
+
+    # -- st(A) from forward hooks ------------------------------------------------------------
+    def _steps_done(self) -> int:
+        return self.param_groups[0]["step_count"] if self.param_groups else 0
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            if not torch.is_grad_enabled() or self._steps_done() % self.every:
+                return
+            x = inputs[0].detach()
+            self._inputs[name] = x.reshape(-1, x.shape[-1])
+        return hook
+
+    def _measure_st(self, names: list[str]) -> dict[str, float]:
+        if self.st_provider is not None:
+            out = {}
+            for n in names:
+                v = self.st_provider(n)
+                out[n] = float("nan") if v is None else float(v)
+            return out
+        cache: dict[tuple, float] = {}
+        out = {}
+        for n in names:
+            A = self._inputs.get(n)
+            if A is None:
+                out[n] = float("nan")
+                continue
+            key = (A.data_ptr(), tuple(A.shape), A.stride())
+            if key not in cache:
+                Af = A.float()
+                fro2 = float(Af.square().sum())
+                op = float(power_iteration(Af, iters=50, tol=1e-4))
+                cache[key] = fro2 / op**2 if op > 0 else float("nan")
+            out[n] = cache[key]
+        self._inputs.clear()
+        return out
+
+    def close(self) -> None:
+        """Remove the forward hooks (the model is left as it was)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- the step ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            t = group["step_count"]
+            if group["gated"]:
+                self._gated_step(group, t)
+            else:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._adamw(p, p.grad, group, self._state(p))
+            group["step_count"] = t + 1
+        return loss
+
+    def _state(self, p: torch.Tensor) -> dict:
+        st = self.state[p]
+        if not st:
+            st["step"] = 0
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return st
+
+    def _adamw(self, p, g, group, st, apply: bool = True) -> None:
+        b1, b2 = group["betas"]
+        st["step"] += 1
+        st["exp_avg"].lerp_(g, 1 - b1)
+        st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        if not apply:
+            return
+        lr = group["lr"]
+        if group["weight_decay"] and p.dim() >= 2:
+            p.mul_(1 - lr * group["weight_decay"])
+        bc1, bc2 = 1 - b1 ** st["step"], 1 - b2 ** st["step"]
+        denom = (st["exp_avg_sq"] / bc2).sqrt_().add_(group["eps"])
+        p.addcdiv_(st["exp_avg"], denom, value=-lr / bc1)
+
+    def _gated_step(self, group, t: int) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        measure = self.force is None and t % self.every == 0
+        if measure:
+            names = [self._name_of[id(p)] for p in params]
+            st_vals = self._measure_st(names)
+        for p in params:
+            g, st, name = p.grad, self._state(p), self._name_of[id(p)]
+            if "mode" not in st:
+                st["mode"] = self.force or self.initial_mode
+                st["momentum_buffer"] = torch.zeros_like(p)
+            if self.force is not None:
+                st["mode"] = self.force
+            if measure:
+                nr = float(nuclear_rank_from_eigenvalues(eigenvalues(g, dtype=torch.float64)))
+                s = st_vals[name]
+                ratio = nr / s if s and math.isfinite(s) and s > 0 else float("nan")
+                old = st["mode"]
+                if math.isfinite(ratio):
+                    if old == "euclidean" and ratio > self.hi:
+                        st["mode"] = "spectral"
+                    elif old == "spectral" and ratio < self.lo:
+                        st["mode"] = "euclidean"
+                self._history.append(dict(step=t, name=name, nr=nr, st=s, ratio=ratio, mode=st["mode"],
+                                          switched=st["mode"] != old))
+            buf = st["momentum_buffer"]
+            mu = group["momentum"]
+            buf.lerp_(g, 1 - mu)
+            spectral = st["mode"] == "spectral"
+            self._adamw(p, g, group, st, apply=not spectral)
+            if spectral:
+                u = g.lerp(buf, mu) if group["nesterov"] else buf
+                O = _orthogonalize(u, group["ns_steps"]).to(p.dtype)
+                lr = group["lr"]
+                if group["weight_decay"]:
+                    p.mul_(1 - lr * group["weight_decay"])
+                p.add_(O, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))
+
+    # -- reporting -------------------------------------------------------------------------------
+    def modes(self) -> dict[str, str]:
+        """Current mode of every gated weight (initial mode before its first step)."""
+        out = {}
+        for p in self.param_groups[0]["params"] if self.param_groups and self.param_groups[0]["gated"] else []:
+            st = self.state.get(p, {})
+            out[self._name_of[id(p)]] = st.get("mode", self.force or self.initial_mode)
+        return out
+
+    def choices(self, as_frame: bool = True):
+        """Measurement history: step, name, nr, st, ratio, mode (after the decision), switched."""
+        if not as_frame:
+            return list(self._history)
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self._history, columns=["step", "name", "nr", "st", "ratio", "mode", "switched"])
