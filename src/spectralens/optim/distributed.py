@@ -1,0 +1,99 @@
+"""Dividing Muon's orthogonalisation across ranks (torch.distributed), and the local path.
+
+Each function takes one bucket: updates ``mats`` that share a matrix shape and orthogonaliser
+settings, their (batch, rows, cols) views ``shapes``, ``fn`` mapping a (K, rows, cols)
+batch to its orthogonalisation and ``dtype`` (fn's output dtype). It returns the
+orthogonalised updates shaped like the inputs.
+
+* :func:`orthogonalize_local` - one batched call over the whole bucket.
+* :func:`orthogonalize_replicated` - DDP / replicated parameters (every rank holds the same
+  update): the K stacked matrices are split into ``world`` contiguous chunks of ceil(K/world)
+  (rank r owns chunk r; the order is the parameter order, identical on every rank), each rank
+  orthogonalises its chunk in one batched call, and ``all_gather`` assembles the result on
+  every rank. Every rank then applies bit-identical updates. (Same work division as
+  KellerJordan/Muon, done per same-shape bucket as in modded-nanogpt.)
+* :func:`orthogonalize_dtensors` - FSDP2 (``fully_shard``) DTensor parameters: the full update
+  of each parameter is gathered (``full_tensor``, an all-gather), parameter i of the bucket is
+  orthogonalised by rank i mod world (batched with the others it owns), and
+  ``distribute_tensor(..., src_data_rank=owner)`` scatters each rank its shard. Communication
+  is an all-gather plus a scatter per parameter (Moonlight's "distributed Muon" gathers only to
+  the owner; that would halve the traffic and is not done here).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["active", "is_dtensor", "orthogonalize_local", "orthogonalize_replicated",
+           "orthogonalize_dtensors", "chunk_bounds"]
+
+
+def active(group=None) -> bool:
+    """True when torch.distributed is initialised and the group has more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - very old torch
+        return False
+    return isinstance(t, DTensor)
+
+
+def chunk_bounds(total: int, world: int, rank: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous share when ``total`` items split into ``world`` chunks."""
+    per = -(-total // world)
+    return min(rank * per, total), min((rank + 1) * per, total)
+
+
+def _stack(mats, shapes) -> torch.Tensor:
+    return torch.cat([m.reshape(b, r, c) for m, (b, r, c) in zip(mats, shapes)])
+
+
+def _unstack(X: torch.Tensor, mats, shapes) -> list[torch.Tensor]:
+    out, k = [], 0
+    for m, (b, _, _) in zip(mats, shapes):
+        out.append(X[k:k + b].reshape(m.shape))
+        k += b
+    return out
+
+
+def orthogonalize_local(mats, shapes, fn) -> list[torch.Tensor]:
+    """One batched call over the whole bucket."""
+    return _unstack(fn(_stack(mats, shapes)), mats, shapes)
+
+
+def orthogonalize_replicated(mats, shapes, fn, dtype: torch.dtype, group=None) -> list[torch.Tensor]:
+    """Each rank orthogonalises its chunk of the stacked bucket; all_gather reassembles it."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    X = _stack(mats, shapes)
+    total, (_, r, c) = X.shape[0], shapes[0]
+    per = -(-total // world)
+    lo, hi = chunk_bounds(total, world, rank)
+    send = torch.zeros(per, r, c, dtype=dtype, device=X.device)  # ranks without work send zeros
+    if hi > lo:
+        send[: hi - lo] = fn(X[lo:hi])
+    parts = [torch.empty_like(send) for _ in range(world)]
+    dist.all_gather(parts, send, group=group)
+    return _unstack(torch.cat(parts)[:total], mats, shapes)
+
+
+def orthogonalize_dtensors(mats, shapes, fn, dtype: torch.dtype, group=None) -> list[torch.Tensor]:
+    """FSDP2: gather each full update, orthogonalise on its owner, scatter the shards back."""
+    from torch.distributed.tensor import distribute_tensor
+
+    world = mats[0].device_mesh.size()
+    rank = mats[0].device_mesh.get_local_rank()
+    fulls = [m.full_tensor() for m in mats]  # collective, same order on every rank
+    owned = [i for i in range(len(mats)) if i % world == rank]
+    results: dict[int, torch.Tensor] = {}
+    if owned:
+        outs = orthogonalize_local([fulls[i] for i in owned], [shapes[i] for i in owned], fn)
+        results = dict(zip(owned, outs))
+    shards = []
+    for i, m in enumerate(mats):
+        full = results[i] if i in results else torch.empty(m.shape, dtype=dtype, device=fulls[i].device)
+        shards.append(distribute_tensor(full.contiguous(), m.device_mesh, m.placements,
+                                        src_data_rank=i % world))
+    return shards
