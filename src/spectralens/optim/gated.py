@@ -241,27 +241,27 @@ class GatedSpectral(torch.optim.Optimizer):
             st_vals = self._measure_st(names)
         for p in params:
             g, st, name = p.grad, self._state(p), self._name_of[id(p)]
-            if "mode" not in st:
-                st["mode"] = self.force or self.initial_mode
+            if "spectral" not in st:  # a bool: torch's load_state_dict mangles strings in state
+                st["spectral"] = (self.force or self.initial_mode) == "spectral"
                 st["momentum_buffer"] = torch.zeros_like(p)
             if self.force is not None:
-                st["mode"] = self.force
+                st["spectral"] = self.force == "spectral"
             if measure:
                 nr = float(nuclear_rank_from_eigenvalues(eigenvalues(g, dtype=torch.float64)))
                 s = st_vals[name]
                 ratio = nr / s if s and math.isfinite(s) and s > 0 else float("nan")
-                old = st["mode"]
+                old = st["spectral"]
                 if math.isfinite(ratio):
-                    if old == "euclidean" and ratio > self.hi:
-                        st["mode"] = "spectral"
-                    elif old == "spectral" and ratio < self.lo:
-                        st["mode"] = "euclidean"
-                self._history.append(dict(step=t, name=name, nr=nr, st=s, ratio=ratio, mode=st["mode"],
-                                          switched=st["mode"] != old))
+                    if not old and ratio > self.hi:
+                        st["spectral"] = True
+                    elif old and ratio < self.lo:
+                        st["spectral"] = False
+                self._history.append(dict(step=t, name=name, nr=nr, st=s, ratio=ratio,
+                                          mode=_MODES[st["spectral"]], switched=st["spectral"] != old))
             buf = st["momentum_buffer"]
             mu = group["momentum"]
             buf.lerp_(g, 1 - mu)
-            spectral = st["mode"] == "spectral"
+            spectral = st["spectral"]
             self._adamw(p, g, group, st, apply=not spectral)
             if spectral:
                 u = g.lerp(buf, mu) if group["nesterov"] else buf
@@ -277,7 +277,7 @@ class GatedSpectral(torch.optim.Optimizer):
         out = {}
         for p in self.param_groups[0]["params"] if self.param_groups and self.param_groups[0]["gated"] else []:
             st = self.state.get(p, {})
-            out[self._name_of[id(p)]] = st.get("mode", self.force or self.initial_mode)
+            out[self._name_of[id(p)]] = _MODES[st["spectral"]] if "spectral" in st else (self.force or self.initial_mode)
         return out
 
     def choices(self, as_frame: bool = True):
