@@ -46,8 +46,8 @@ def make_optimizer(kind: str, model: torch.nn.Module, args):
         except ImportError:
             hybrid = None
         if hybrid is not None:
-            opt = hybrid(model, lr=args.lr, adamw_lr=args.lr, weight_decay=args.wd, adjust_lr="match_rms_adamw",
-                         adamw_betas=(0.9, 0.95), verbose=False)
+            opt = hybrid(model, lr=args.lr, weight_decay=args.wd, adjust_lr="match_rms_adamw", adamw_lr=args.lr,
+                         adamw_betas=(0.9, 0.95), adamw_weight_decay=args.wd)
             return opt, "spectralens.optim.hybrid"
         return GatedSpectral(model, lr=args.lr, weight_decay=args.wd, force="spectral"), "GatedSpectral(force=spectral)"
     if kind == "gated":

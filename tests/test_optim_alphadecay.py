@@ -176,20 +176,24 @@ def test_with_adam_coupled_l2_and_sgd():
         assert max(g["weight_decay"] for g in opt.param_groups) == pytest.approx(5e-4)
 
 
-def test_with_spectralens_muon_if_available():
+def test_with_spectralens_muon_and_hybrid():
     optim = pytest.importorskip("spectralens.optim")
-    if not hasattr(optim, "Muon"):
-        pytest.skip("spectralens.optim.Muon not available yet")
+    if not hasattr(optim, "Muon") or not hasattr(optim, "hybrid"):
+        pytest.skip("spectralens.optim.Muon / hybrid not available yet")
     model = make_mlp()
     groups = [g for g in module_param_groups(model, 0.1) if g["name"] != "untuned"]
     for g in groups:
         g["params"] = [p for p in g["params"] if p.dim() == 2]
-    opt = optim.Muon(groups, lr=0.02, weight_decay=0.1)
-    ad = AlphaDecay(opt, model, every=2)
-    assert sorted(wd_of(opt, model[i]) for i in (2, 4)) == pytest.approx([0.1 * 0.6666, 0.3])
+    muon = optim.Muon(groups, lr=0.02, weight_decay=0.1)
+    model2 = make_mlp()
+    hyb = optim.hybrid(model2, lr=0.02, weight_decay=0.1, per_param_groups=True)
     x = torch.randn(32, 16)
-    for _ in range(3):
-        opt.zero_grad()
-        (model(x) - x[:, :8]).square().mean().backward()
-        opt.step()
-        ad.step()
+    for m, opt in ((model, muon), (model2, hyb)):
+        ad = AlphaDecay(opt, m, every=2)
+        assert sorted(wd_of(opt, m[i]) for i in (2, 4)) == pytest.approx([0.1 * 0.6666, 0.3])
+        for _ in range(3):
+            opt.zero_grad()
+            (m(x) - x[:, :8]).square().mean().backward()
+            opt.step()
+            ad.step()
+        assert ad.assignments().query("status == 'tuned'").shape[0] == 2
