@@ -197,3 +197,18 @@ def test_with_spectralens_muon_and_hybrid():
             opt.step()
             ad.step()
         assert ad.assignments().query("status == 'tuned'").shape[0] == 2
+
+
+def test_frozen_layer_is_skipped_and_wrong_model_raises():
+    model = make_mlp()
+    model.insert(4, nn.Linear(64, 64))
+    model[4].weight.requires_grad_(False)
+    groups = [g for g in module_param_groups(model, 0.1) if all(p.requires_grad for p in g["params"])]
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    table = AlphaDecay(opt, model).assignments().set_index("name")
+    assert table.loc["4", "status"] == "excluded: not in the optimizer"
+    assert (table["status"] == "tuned").sum() == 2
+    with pytest.raises(ValueError, match="none of the 3 tunable modules"):
+        AlphaDecay(opt, make_mlp(seed=1).insert(4, nn.Linear(64, 64)))

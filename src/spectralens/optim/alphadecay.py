@@ -72,7 +72,11 @@ class _AlphaMapScheduler:
         self._select = dict(exclude_first=exclude_first, exclude_last=exclude_last, min_eigs=min_eigs)
         rows = tuned_modules(model, **self._select)
         tuned = [(n, m) for n, m, s in rows if s == "tuned"]
-        self._group_of = locate_groups(optimizer, tuned, split=split_groups)
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        in_opt = [(n, m) for n, m in tuned if id(m.weight) in held]  # frozen layers are skipped
+        if tuned and not in_opt:
+            raise ValueError(f"none of the {len(tuned)} tunable modules of the model has its weight in the optimizer")
+        self._group_of = locate_groups(optimizer, in_opt, split=split_groups)
         for gi in self._group_of.values():
             if self.key not in optimizer.param_groups[gi]:
                 raise ValueError(f"param group {gi} has no {self.key!r}; this optimizer cannot be driven")
@@ -87,7 +91,9 @@ class _AlphaMapScheduler:
     def recompute(self) -> None:
         """Refit alpha for every tuned module and rewrite the groups (also done at init)."""
         t0 = time.perf_counter()
-        self._rows = module_alphas(self.model, **self._select)
+        self._rows = [r if r.status != "tuned" or r.name in self._group_of
+                      else ModuleAlpha(r.name, r.num_evals, r.alpha, "excluded: not in the optimizer")
+                      for r in module_alphas(self.model, **self._select)]
         tuned = [r for r in self._rows if r.status == "tuned" and r.name in self._group_of]
         f = alpha_factors([r.alpha for r in tuned], self.s1, self.s2, preserve_mean=self.preserve_mean)
         self._factor = {r.name: fi for r, fi in zip(tuned, f)}
