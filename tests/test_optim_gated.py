@@ -201,3 +201,27 @@ def test_bad_arguments_name_the_value(kwargs, needle):
 
     with pytest.raises(ValueError, match=re.escape(needle)):
         GatedSpectral(Net(), **kwargs)
+
+
+def test_monitor_as_st_provider_agrees_with_own_hooks():
+    monitor_mod = pytest.importorskip("spectralens.monitor")
+    from spectralens.optim import st_from_monitor
+
+    m1, m2 = Net(), Net()
+    own = GatedSpectral(m1, lr=1e-2, every=2)
+    mon = monitor_mod.SpectralMonitor(m2, every=2, alpha_every=0, weight_stats=False)
+    via = GatedSpectral(m2, lr=1e-2, every=2, st_provider=st_from_monitor(mon))
+    assert via._handles == []  # no hooks of its own when a provider is given
+    x, y = data()
+    for _ in range(5):
+        for m, o in ((m1, own), (m2, via)):
+            o.zero_grad()
+            loss_fn(m, x, y).backward()
+            if o is via:
+                mon.step()
+            o.step()
+    mon.close()
+    a, b = own.choices(), via.choices()
+    assert list(a["step"]) == list(b["step"]) == [0, 0, 0, 2, 2, 2, 4, 4, 4]
+    assert b["st"].tolist() == pytest.approx(a["st"].tolist(), rel=1e-2)
+    assert list(a["mode"]) == list(b["mode"])

@@ -12,8 +12,9 @@ from ._module_alpha import module_param_groups
 from .adadecay import AdaDecay
 from .alphadecay import AlphaDecay
 from .awd import AWD
-from .gated import GatedSpectral
+from .gated import GatedSpectral, st_from_monitor
 from .tempbalance import TempBalance
 
-__all__ = _MUON_ALL + ["AlphaDecay", "AWD", "AdaDecay", "TempBalance", "GatedSpectral", "module_param_groups"]
+__all__ = _MUON_ALL + ["AlphaDecay", "AWD", "AdaDecay", "TempBalance", "GatedSpectral", "st_from_monitor",
+                         "module_param_groups"]
 # --- end regularisers block ---

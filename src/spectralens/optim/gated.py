@@ -53,7 +53,7 @@ from ..linalg.norms import power_iteration
 from ..linalg.ranks import nuclear_rank_from_eigenvalues
 from ..linalg.spectrum import eigenvalues
 
-__all__ = ["GatedSpectral"]
+__all__ = ["GatedSpectral", "st_from_monitor"]
 
 _MODES = ("euclidean", "spectral")
 
@@ -74,6 +74,21 @@ def _orthogonalize(G: torch.Tensor, steps: int) -> torch.Tensor:
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if tall else X
+
+
+def st_from_monitor(monitor) -> Callable[[str], float | None]:
+    """An ``st_provider`` reading ``monitor.last_records`` of a ``spectralens.monitor.SpectralMonitor``.
+
+    Protocol: give the monitor the same ``every`` as the optimizer and call ``monitor.step()``
+    after ``loss.backward()`` and BEFORE ``optimizer.step()``, so its last records are the
+    current step's st(A) (field ``st_act``, per module name).
+    """
+    def provider(name: str) -> float | None:
+        for r in getattr(monitor, "last_records", ()) or ():
+            if r.get("layer") == name:
+                return r.get("st_act")
+        return None
+    return provider
 
 
 class GatedSpectral(torch.optim.Optimizer):
