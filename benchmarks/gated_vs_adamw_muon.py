@@ -15,7 +15,7 @@ Prints a table of final train loss (mean of the last 10% of steps) and validatio
 with ``--plot``, a PNG. ``--quick`` is a seconds-long smoke run.
 
     python benchmarks/gated_vs_adamw_muon.py --quick
-    python benchmarks/gated_vs_adamw_muon.py --seeds 0 1 2 --steps 150 --json out.json --plot curves.png
+    python benchmarks/gated_vs_adamw_muon.py --seeds 0 1 2 --steps 100 --threads 2 --json out.json --plot curves.png
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--block", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
@@ -199,6 +199,9 @@ def main(argv=None) -> None:
             extra = f" spectral {r['spectral_fraction_last']:.2f}" if kind == "gated" else ""
             print(f"  {kind:6s} seed {seed}: train {r['final_train']:.4f} val {r['final_val']:.4f} "
                   f"({r['wall_s']:.1f}s){extra}", flush=True)
+            if args.json:  # after every run, so an interrupted comparison keeps what it finished
+                with open(args.json, "w") as f:
+                    json.dump(dict(args=vars(args), summary=summarize(records), runs=records), f)
     rows = summarize(records)
     print(f"\n| optimizer | implementation | seeds | final train loss | final val loss | wall s/run |")
     print("|---|---|---|---|---|---|")
@@ -209,9 +212,6 @@ def main(argv=None) -> None:
         if "spectral_fraction_last" in r:
             print(f"gated: fraction of gated layers spectral at the last measurement {r['spectral_fraction_last']:.2f}, "
                   f"switches per run {r['switches']:.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), summary=rows, runs=records), f)
     if args.plot:
         plot(records, args.plot)
 
