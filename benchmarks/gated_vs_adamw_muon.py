@@ -127,6 +127,22 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def gate_by_kind(records: list[dict]) -> list[dict]:
+    """Per layer kind (q, k, v, o, up, down, ...): median nr, st, ratio and the spectral share,
+    over every measurement of every gated run."""
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        for c in r.get("choices", ()):
+            by.setdefault(c["name"].rsplit(".", 1)[-1], []).append(c)
+    rows = []
+    for kind, cs in by.items():
+        fin = [c for c in cs if math.isfinite(c["ratio"])]
+        med = lambda k: statistics.median(c[k] for c in fin) if fin else float("nan")  # noqa: E731
+        rows.append(dict(kind=kind, n=len(cs), nr=med("nr"), st=med("st"), ratio=med("ratio"),
+                         spectral=statistics.fmean(c["mode"] == "spectral" for c in cs)))
+    return rows
+
+
 def plot(records: list[dict], path: str) -> None:
     import matplotlib
 
@@ -212,6 +228,12 @@ def main(argv=None) -> None:
         if "spectral_fraction_last" in r:
             print(f"gated: fraction of gated layers spectral at the last measurement {r['spectral_fraction_last']:.2f}, "
                   f"switches per run {r['switches']:.1f}")
+    kinds = gate_by_kind(records)
+    if kinds:
+        print("\n| layer kind | measurements | median nr(G) | median st(A) | median ratio | share spectral |")
+        print("|---|---|---|---|---|---|")
+        for k in kinds:
+            print(f"| {k['kind']} | {k['n']} | {k['nr']:.1f} | {k['st']:.2f} | {k['ratio']:.2f} | {k['spectral']:.2f} |")
     if args.plot:
         plot(records, args.plot)
 
