@@ -11,7 +11,8 @@
    (Clauset, Shalizi & Newman 2009, "Power-law distributions in empirical data", SIAM Rev.;
    Martin & Mahoney 2021, "Implicit self-regularization in deep neural networks", JMLR);
 3. N < 20 (WW's small-N rule): bias-corrected alpha = 1 + (n - 1) / sum ln(x / xmin), tails of
-   at least 8 points, xmin minimising D - 0.868 / sqrt(n);
+   at least 8 points, xmin minimising D (WW also computes D - 0.868 / sqrt(n) but then
+   re-selects by D in ``WWFit.__init__``; we return what WW returns);
 4. sigma = (alpha - 1) / sqrt(n); num_pl_spikes = #{lambda >= xmin} over the eigenvalues given
    (after an int-xmax clip); warning "over-trained" if alpha < 2, "under-trained" if alpha > 6.
 
@@ -98,7 +99,9 @@ def _ww_fit(x: np.ndarray, candidates: np.ndarray | None = None) -> tuple[float,
         scan = ks_scan(x, candidates=candidates)
         i = scan.best
         return scan.alphas[i], x[i], scan.Ds[i], scan.sigmas[i]
-    # WWFit.fit_powerlaw_smallN: bias-corrected alpha, n >= 8, objective J = D - 0.868/sqrt(n).
+    # WWFit.fit_powerlaw_smallN: bias-corrected alpha, tails of >= 8 points. It also computes an
+    # objective J = D - 0.868/sqrt(n), but WWFit.__init__ then re-selects by argmin(Ds) (D = 1 for
+    # skipped candidates), so the winner is the smallest D: we reproduce what WW returns.
     alpha, s = tail_alphas(x, bias_corrected=True)
     alpha, s = alpha[:N - 1], s[:N - 1]
     n = np.arange(N, 1, -1, dtype=np.float64)
@@ -107,10 +110,10 @@ def _ww_fit(x: np.ndarray, candidates: np.ndarray | None = None) -> tuple[float,
         valid &= candidates
     if valid.any():
         rows = np.flatnonzero(valid)
-        J = ks_distance(x, alpha, rows) - 0.868 / np.sqrt(n[rows])
-        i = int(rows[np.argmin(J)])
-        D = ks_distance(x, alpha, np.array([i]))[0]
-        return alpha[i], x[i], D, (alpha[i] - 1.0) / math.sqrt(n[i])
+        Ds = np.ones(N - 1)
+        Ds[rows] = ks_distance(x, alpha, rows)
+        i = int(np.argmin(np.where(valid, Ds, np.inf))) if candidates is not None else int(np.argmin(Ds))
+        return alpha[i], x[i], Ds[i], (alpha[i] - 1.0) / math.sqrt(n[i])
     # WW's fallback: the whole sample as tail (documented difference: we report a sane sigma).
     s0 = float(np.sum(np.log(x / x[0])))
     if s0 <= 1e-12:
