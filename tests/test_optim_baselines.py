@@ -195,3 +195,19 @@ def test_each_reduces_loss(kind):
             reg.step()
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_tempbalance_restores_rate_after_a_step_that_raised():
+    model = make_mlp()
+    opt = torch.optim.SGD(module_param_groups(model, 0.0), lr=0.1)
+    TempBalance(opt, model)
+
+    def bad_closure():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(bad_closure)
+    gen = torch.Generator().manual_seed(0)
+    loss_of(model, gen).backward()
+    opt.step()
+    assert all(g["lr"] == 0.1 for g in opt.param_groups)

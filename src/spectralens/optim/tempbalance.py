@@ -57,7 +57,7 @@ class TempBalance(_AlphaMapScheduler):
         return float(self.optimizer.param_groups[gi]["lr"]) * self._factor.get(name, 1.0)
 
     def _pre(self, optimizer, args, kwargs) -> None:
-        self._saved = {}
+        self._post(optimizer, args, kwargs)  # a previous step that raised left its rates scaled
         for name, gi in self._group_of.items():
             g = optimizer.param_groups[gi]
             self._saved[gi] = g["lr"]
