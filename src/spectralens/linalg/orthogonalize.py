@@ -9,12 +9,14 @@ the result has the shape of the input and the compute dtype (cast back with ``.t
       X_0 = G / max(||G||_F, eps),   X_{k+1} = a X_k + (b A_k + c A_k^2) X_k,   A_k = X_k X_k^T
 
   with (a, b, c) = (3.4445, -4.7750, 2.0315). Each singular value follows
-  s -> a s + b s^3 + c s^5; after 5 steps they lie in roughly [0.68, 1.13] for every input
-  singular value above ~1e-3 ||G||_F (measured: tests/test_orthogonalize.py), so the result is
-  U S' V^T, *not* U V^T. Tiny singular values (directions the gradient barely has) stay small.
+  s -> a s + b s^3 + c s^5; after 5 steps every singular value with s_0 = sigma/||G||_F >= 3e-3
+  lies in [0.68, 1.21] ([0.47, 1.21] for s_0 >= 1e-3; tests/test_orthogonalize.py), so the
+  result is U S' V^T, *not* U V^T. Tiny singular values (directions the gradient barely has)
+  stay small.
 * :func:`orthogonalize_polar_express` - the same iteration with a different (a, b, c) per step,
   minimax-optimal for sign(s) (Amsel, Persson, Musco, Gower 2025, "The Polar Express",
-  arXiv:2505.16932, with their 1.01 safety factor). Much closer to U V^T in the same 5 steps.
+  arXiv:2505.16932, with their 1.01 safety factor). Closer to U V^T in the same 5 steps:
+  singular values in [0.84, 1.13] for s_0 >= 1e-3.
 * :func:`polar_svd` - the exact polar factor U V^T from a reduced SVD (slow; for research and
   as a reference).
 
@@ -121,8 +123,8 @@ def orthogonalize_newton_schulz(
     triples (one per step, the last repeating). ``dtype``: compute dtype; None = float32 on CPU,
     bfloat16 elsewhere. ``gram``: True / False / "auto" (see the module docstring).
 
-    Limits: the output is U S' V^T with S' in ~[0.68, 1.13] for the standard coefficients, not
-    U V^T; singular values below ~1e-3 ||G||_F are not lifted to the band in 5 steps; in
+    Limits: the output is U S' V^T with S' in [0.68, 1.21] for the standard coefficients, not
+    U V^T; singular values below ~3e-3 ||G||_F are not lifted to that band in 5 steps; in
     bfloat16 expect ~1e-2 relative error. A zero matrix returns zeros.
     """
     dtype = dtype or _default_dtype(G)
@@ -151,9 +153,9 @@ def orthogonalize_polar_express(
     """Polar Express (arXiv:2505.16932): NS with per-step minimax coefficients.
 
     X_0 = G / (1.01 ||G||_F), then step k uses ``POLAR_EXPRESS_COEFFICIENTS[k]`` (the last
-    repeating after 8 steps). Shapes as :func:`orthogonalize_newton_schulz`. After 5 steps the
-    singular values of a well-conditioned input are within a few percent of 1 (so the result is
-    close to U V^T); the coefficients assume singular values above ~1e-3 of the largest.
+    repeating after 8 steps). Shapes as :func:`orthogonalize_newton_schulz`. After 5 steps
+    singular values with sigma/||G||_F >= 1e-3 lie in [0.84, 1.13] (more steps tighten it
+    towards 1); the coefficients were designed for that lower bound (1e-3).
     """
     return orthogonalize_newton_schulz(G, steps, POLAR_EXPRESS_COEFFICIENTS, dtype, eps, gram,
                                        norm_safety=_PE_NORM_SAFETY)
