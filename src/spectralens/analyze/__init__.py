@@ -1,0 +1,259 @@
+"""Model -> per-layer table of spectral metrics: the one place that joins ``models``, ``linalg`` and ``fit``.
+
+    df = spectralens.analyze(model_or_path)            # pandas DataFrame, one row per matrix
+    res = run_analysis(path, keep_esd=True)            # Analysis(layers, esd, summary, ...)
+    summarize(df)                                      # like WeightWatcher's get_summary()
+
+For every weight matrix W (N x M after transposing so N >= M; conv weights as rf = prod(kernel)
+slices scaled by sqrt(0.5), WeightWatcher's convention) the ESD is the eigenvalues of W^T W,
+pooled over slices (Martin & Mahoney, "Implicit self-regularization in deep neural networks",
+JMLR 2021). The tail is fitted with ``spectralens.fit.fit_power_law`` (KS-scan MLE by default,
+as WeightWatcher 0.7.7 ``analyze()``), the bulk with the Marchenko-Pastur fit, and the columns
+use WeightWatcher's names (see ``metrics``). Differences from WeightWatcher, on purpose: no
+size cap (50k-row embeddings and LM heads are analysed), layers too small or not analysable
+get a row with a ``status`` instead of vanishing, tied weights are computed once.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..fit import fit_marchenko_pastur, fit_power_law
+from ..models import SourceError, SourceNotFound, TensorRef, as_matrices, dtype_skip_reason, matrix_dims, open_source
+from .metrics import COLUMNS, SUMMARY_METRICS, empty_row, fit_columns, norm_metrics
+from .spectra import GramBatch, gram_batch
+
+__all__ = ["Analysis", "run_analysis", "analyze", "summarize", "select_refs", "SourceError", "SourceNotFound",
+           "COLUMNS", "SUMMARY_METRICS"]
+
+DEFAULT_MIN_EVALS = 8  # WeightWatcher 0.7.7 DEFAULT_MIN_EVALS: fewer pooled eigenvalues -> no fit
+_BATCH_BYTES = 32 << 20  # Grams queued for one batched eigensolve (bounded so memory stays small)
+_BATCH_MAX = 16
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Result of ``run_analysis``.
+
+    layers:   one row per selected matrix (columns: ``metrics.COLUMNS``), in model order.
+    esd:      {name: ascending eigenvalues (numpy float64)} when ``keep_esd=True``, else empty.
+    summary:  ``summarize(layers)``.
+    source:   a description of what was analysed.
+    settings: the options used (fit, fix_fingers, conv, dtype, ...).
+    """
+
+    layers: Any  # pandas.DataFrame
+    esd: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    source: str = ""
+    settings: dict = field(default_factory=dict)
+
+
+def select_refs(refs: Sequence[TensorRef], layers: Sequence[str] | str | None = None,
+                types: Sequence[str] | str | None = None) -> list[TensorRef]:
+    """Refs whose name matches any regex in ``layers`` (re.search) and whose type is in ``types``."""
+    if isinstance(layers, str):
+        layers = [layers]
+    if isinstance(types, str):
+        types = [types]
+    pats = [re.compile(p) for p in layers] if layers else None
+    wanted = {t.lower() for t in types} if types else None
+    return [r for r in refs
+            if (pats is None or any(p.search(r.name) for p in pats))
+            and (wanted is None or r.layer_type in wanted)]
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        out = dtype
+    else:
+        out = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if out not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return out
+
+
+def run_analysis(
+    source: Any,
+    *,
+    layers: Sequence[str] | str | None = None,
+    types: Sequence[str] | str | None = None,
+    fit: str = "ks",
+    fix_fingers: str | None = None,
+    mp_fit: bool = True,
+    conv: str = "slices",
+    dtype: torch.dtype | str = torch.float64,
+    min_evals: int = DEFAULT_MIN_EVALS,
+    keep_esd: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Analysis:
+    """Analyse every weight matrix of ``source``.
+
+    Args:
+        source: ``nn.Module``, state dict, ``.safetensors`` file, folder of (sharded) safetensors
+            or Hugging Face model folder, or ``.pt``/``.bin`` checkpoint (``weights_only=True``).
+        layers: regexes; keep matrices whose name matches any (``re.search``). None = all.
+        types: layer types to keep (``linear``, ``embedding``, ``conv1d``, ``conv2d``, ``conv3d``,
+            ``matrix``). None = all.
+        fit: ``"ks"`` (WeightWatcher's KS-scan MLE) or ``"hill"`` (median xmin).
+        fix_fingers: None, ``"xmin_peak"`` or ``"clip_xmax"`` (WeightWatcher's options).
+        mp_fit: also fit the Marchenko-Pastur bulk (``mp_softrank``, ``num_spikes``).
+        conv: ``"slices"`` (WeightWatcher: kh*kw slices scaled by sqrt(0.5), ESDs pooled) or
+            ``"flatten"`` (one out x in*kh*kw matrix).
+        dtype: compute dtype of the Gram matrices and eigensolves (float64 default; float32 is
+            ~2x faster on CPU and loses relative accuracy of the smallest eigenvalues).
+        min_evals: layers with fewer pooled eigenvalues get a status and no fit.
+        keep_esd: keep each layer's eigenvalues in ``Analysis.esd`` (for plots).
+        progress: called as ``progress(done, total, name)`` after each layer.
+
+    Raises:
+        SourceError / SourceNotFound: the source cannot be opened or read (message names the file).
+        ValueError: an invalid option.
+    """
+    import pandas as pd
+
+    if fit not in ("ks", "hill"):
+        raise ValueError(f"fit must be 'ks' or 'hill', got {fit!r}")
+    if fix_fingers not in (None, "xmin_peak", "clip_xmax"):
+        raise ValueError(f"fix_fingers must be None, 'xmin_peak' or 'clip_xmax', got {fix_fingers!r}")
+    if conv not in ("slices", "flatten"):
+        raise ValueError(f"conv must be 'slices' or 'flatten', got {conv!r}")
+    cdtype = _as_dtype(dtype)
+    settings = dict(fit=fit, fix_fingers=fix_fingers, mp_fit=mp_fit, conv=conv,
+                    dtype=str(cdtype).replace("torch.", ""), min_evals=int(min_evals), layers=layers, types=types)
+
+    src = open_source(source)
+    try:
+        refs = select_refs(src.refs, layers, types)
+        total = len(refs)
+        rows: list[dict | None] = [None] * total
+        esd: dict[str, np.ndarray] = {}
+        dims = [matrix_dims(r.shape, r.layer_type, conv) for r in refs]
+        first_of_tie: dict[Any, int] = {}
+        tied: dict[int, int] = {}
+        pending: dict[int, GramBatch] = {}
+        done = 0
+
+        def emit(i: int) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total, refs[i].name)
+
+        def finish(results: dict) -> None:
+            for i, ev in results.items():
+                rows[i] = _layer_row(refs[i], dims[i], ev, fit, fix_fingers, mp_fit, min_evals)
+                if keep_esd and ev is not None:
+                    esd[refs[i].name] = ev
+                emit(i)
+
+        for i, ref in enumerate(refs):
+            N, M, rf = dims[i]
+            reason = dtype_skip_reason(ref.dtype)
+            if reason is None and M * rf == 0:
+                reason = "empty matrix"
+            if reason is None and M * rf < min_evals:
+                reason = f"too few eigenvalues ({M * rf} < min_evals={min_evals})"
+            if reason is not None:
+                rows[i] = empty_row(ref.name, ref.layer_type, ref.shape, N, M, rf, ref.dtype, reason)
+                emit(i)
+                continue
+            if ref.tie is not None:
+                if ref.tie in first_of_tie:
+                    tied[i] = first_of_tie[ref.tie]
+                    continue
+                first_of_tie[ref.tie] = i
+            W = ref.load()
+            mats, scale = as_matrices(W, conv)
+            C = gram_batch(mats, cdtype)
+            if not bool(torch.isfinite(C).all()):
+                bad = int((~torch.isfinite(W)).sum()) if W.is_floating_point() else 0
+                status = (f"non-finite weights: {bad} NaN/Inf entries" if bad
+                          else "non-finite Gram matrix (overflow)")
+                rows[i] = empty_row(ref.name, ref.layer_type, ref.shape, N, M, rf, ref.dtype, status)
+                emit(i)
+                continue
+            del W, mats
+            k = int(C.shape[-1])
+            batch = pending.setdefault(k, GramBatch(k))
+            batch.add(i, C, scale)
+            if batch.count >= _BATCH_MAX or batch.count * k * k * C.element_size() >= _BATCH_BYTES:
+                finish(batch.solve())
+        for batch in pending.values():
+            finish(batch.solve())
+        for i, j in tied.items():
+            rows[i] = dict(rows[j], name=refs[i].name, layer_type=refs[i].layer_type)
+            if keep_esd and refs[j].name in esd:
+                esd[refs[i].name] = esd[refs[j].name]
+            emit(i)
+    finally:
+        if src is not source:
+            src.close()
+
+    df = pd.DataFrame([r for r in rows if r is not None], columns=COLUMNS)
+    return Analysis(layers=df, esd=esd, summary=summarize(df), source=src.description, settings=settings)
+
+
+def _layer_row(ref: TensorRef, dims, ev: np.ndarray | None, fit: str, fix_fingers, mp_fit: bool,
+               min_evals: int) -> dict:
+    N, M, rf = dims
+    row = empty_row(ref.name, ref.layer_type, ref.shape, N, M, rf, ref.dtype, "ok")
+    if ev is None:
+        row["status"] = "eigensolver failed to converge"
+        return row
+    row.update(norm_metrics(ev, N))
+    if not row["lambda_max"] > 0:
+        row["status"] = "zero matrix"
+        return row
+    if row["matrix_rank"] <= 1:
+        row["status"] = "rank-1 matrix (no spectrum to fit)"
+        return row
+    pl = fit_power_law(ev, method=fit, fix_fingers=fix_fingers)
+    row.update(fit_columns(pl, ev, row["lambda_max"]))
+    if pl.status != "ok":
+        row["status"] = f"fit failed: {pl.status}"
+    if mp_fit:
+        mp = fit_marchenko_pastur(ev, N, M)
+        if mp.status == "ok":
+            row["mp_softrank"] = float(mp.mp_softrank)
+            row["num_spikes"] = int(mp.num_spikes)
+    return row
+
+
+def analyze(source: Any, **kwargs) -> "pd.DataFrame":  # noqa: F821
+    """``run_analysis(source, **kwargs).layers``: one row per weight matrix (see ``run_analysis``)."""
+    return run_analysis(source, **kwargs).layers
+
+
+def summarize(df) -> dict:
+    """Means over the layers with status "ok" of WeightWatcher's ``get_summary()`` metrics
+    (log_norm, alpha, alpha_weighted, log_alpha_norm, log_spectral_norm, stable_rank,
+    mp_softrank), plus ``num_layers`` and ``num_ok``."""
+    ok = df[df["status"] == "ok"] if len(df) else df
+    out: dict[str, float | int] = {}
+    for m in SUMMARY_METRICS:
+        vals = ok[m].astype(float) if m in ok else []
+        vals = [v for v in vals if math.isfinite(v)]
+        out[m] = float(np.mean(vals)) if vals else math.nan
+    out["num_layers"] = int(len(df))
+    out["num_ok"] = int(len(ok))
+    return out
+
+
+class _CallableModule(types.ModuleType):
+    """``spectralens.analyze`` is both this module and, called, ``analyze()``: once the submodule is
+    imported, Python binds the package attribute to the module, so calls forward here."""
+
+    def __call__(self, source: Any, **kwargs):
+        return analyze(source, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

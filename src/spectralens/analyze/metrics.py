@@ -1,0 +1,81 @@
+"""Per-layer metrics from an ESD, with WeightWatcher's column names and formulas.
+
+For the ascending eigenvalues lambda_1..lambda_k of W^T W (W of shape N x M, N >= M) and a
+power-law fit (alpha, xmin, ...):
+
+* ``norm`` = sum lambda = ||W||_F^2;  ``log_norm`` = log10 norm
+* ``lambda_max`` = ``spectral_norm`` = max lambda = ||W||_op^2;  ``log_spectral_norm`` = log10 of it
+* ``alpha_weighted`` = alpha * log10 lambda_max                  (Martin & Mahoney 2021, JMLR)
+* ``log_alpha_norm`` = log10 sum lambda^alpha                    (the "Schatten alpha-norm")
+* ``stable_rank`` = sum lambda / lambda_max
+* ``entropy`` = -sum p log p / log(rank), p = lambda / sum lambda (WW's ``matrix_entropy``)
+* ``mp_softrank`` = MP bulk edge / lambda_max, ``num_spikes`` = eigenvalues above the bulk
+  (after the MP fit, see ``spectralens.fit.mp``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..fit import PowerLawFit
+from ..linalg import numerical_rank_from_eigenvalues, spectral_entropy_from_eigenvalues
+
+__all__ = ["COLUMNS", "SUMMARY_METRICS", "empty_row", "norm_metrics", "fit_columns"]
+
+# Output columns, in order. WeightWatcher names wherever the quantity is the same.
+COLUMNS = [
+    "name", "layer_type", "shape", "N", "M", "rf", "num_evals", "status",
+    "alpha", "alpha_weighted", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "warning",
+    "lambda_max", "norm", "log_norm", "spectral_norm", "log_spectral_norm", "log_alpha_norm",
+    "stable_rank", "entropy", "matrix_rank", "mp_softrank", "num_spikes", "dtype",
+]
+SUMMARY_METRICS = ["log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm",
+                   "stable_rank", "mp_softrank"]
+
+_FLOAT_COLS = ["alpha", "alpha_weighted", "xmin", "xmax", "D", "sigma", "lambda_max", "norm", "log_norm",
+               "spectral_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank", "entropy", "mp_softrank"]
+
+
+def empty_row(name: str, layer_type: str, shape, N: int, M: int, rf: int, dtype, status: str) -> dict:
+    """A row with identity columns set and every metric missing (NaN / -1 counts)."""
+    row = {c: math.nan for c in _FLOAT_COLS}
+    row.update(name=name, layer_type=layer_type, shape="x".join(str(int(s)) for s in shape), N=int(N), M=int(M),
+               rf=int(rf), num_evals=int(M) * int(rf), status=status, num_pl_spikes=-1, num_spikes=-1,
+               matrix_rank=-1, warning="", dtype=str(dtype).replace("torch.", ""))
+    return row
+
+
+def norm_metrics(evals: np.ndarray, N: int) -> dict:
+    """Norm-type metrics of an ascending ESD (no fit needed)."""
+    lam_max = float(evals[-1]) if evals.size else math.nan
+    norm = float(evals.sum())
+    t = torch.from_numpy(np.ascontiguousarray(evals))
+    return {
+        "lambda_max": lam_max, "spectral_norm": lam_max, "norm": norm,
+        "log_norm": _log10(norm), "log_spectral_norm": _log10(lam_max),
+        "stable_rank": norm / lam_max if lam_max > 0 else math.nan,
+        "entropy": float(spectral_entropy_from_eigenvalues(t, int(N))) if lam_max > 0 else math.nan,
+        "matrix_rank": int(numerical_rank_from_eigenvalues(t, int(N))) if lam_max > 0 else 0,
+        "num_evals": int(evals.size),
+    }
+
+
+def fit_columns(fit: PowerLawFit, evals: np.ndarray, lam_max: float) -> dict:
+    """Power-law columns plus the alpha-derived norms (alpha_weighted, log_alpha_norm)."""
+    alpha = float(fit.alpha)
+    out = {"alpha": alpha, "xmin": float(fit.xmin), "xmax": float(fit.xmax), "D": float(fit.D),
+           "sigma": float(fit.sigma), "num_pl_spikes": int(fit.num_pl_spikes), "warning": fit.warning or ""}
+    if math.isfinite(alpha) and lam_max > 0:
+        out["alpha_weighted"] = alpha * math.log10(lam_max)
+        pos = evals[evals > 0]
+        # log10 sum lambda^alpha, computed as a log-sum-exp so large alphas do not overflow
+        a = alpha * np.log(pos)
+        top = a.max()
+        out["log_alpha_norm"] = float((top + np.log(np.exp(a - top).sum())) / math.log(10.0))
+    return out
+
+
+def _log10(x: float) -> float:
+    return math.log10(x) if x > 0 and math.isfinite(x) else math.nan

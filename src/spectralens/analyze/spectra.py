@@ -1,0 +1,90 @@
+"""Layer ESDs: chunked Gram matrices and batched symmetric eigensolves.
+
+For a layer given as a batch of B matrices W_b (n x m, oriented so n >= m) and an eigenvalue
+scale s (0.5 for WeightWatcher's conv slices, else 1), the ESD is the pooled, ascending
+
+    { s * lambda_i(W_b^T W_b) : b = 1..B, i = 1..m }     (B * m eigenvalues).
+
+The Gram C_b = W_b^T W_b is accumulated over row chunks in the compute dtype (float64 by
+default), so a float16/bfloat16 table is never copied whole to float64 and peak extra memory
+is O(B m^2 + chunk). Grams of same-size layers are collected and solved in one batched
+``torch.linalg.eigvalsh`` call (``GramBatch``), so the weights of a layer can be released as
+soon as its Gram is formed: memory follows the largest tensor, not the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["gram_batch", "GramBatch", "CHUNK_ELEMENTS"]
+
+CHUNK_ELEMENTS = 1 << 21  # elements of one converted row chunk (16 MiB in float64)
+
+
+def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B, n, m) -> (B, k, k) smaller Gram of every matrix, k = min(n, m), accumulated by row chunks.
+
+    Rows are converted to ``dtype`` one chunk at a time (about ``CHUNK_ELEMENTS`` elements).
+    """
+    if W.shape[-2] < W.shape[-1]:
+        W = W.transpose(-2, -1)
+    B, n, m = W.shape
+    chunk = max(1, CHUNK_ELEMENTS // max(1, B * m))
+    if chunk >= n:
+        Wd = W.to(dtype)
+        return Wd.transpose(-2, -1) @ Wd
+    C = torch.zeros(B, m, m, dtype=dtype, device=W.device)
+    for start in range(0, n, chunk):
+        block = W[:, start:start + chunk, :].to(dtype)
+        C.baddbmm_(block.transpose(-2, -1), block)
+    return C
+
+
+@dataclass
+class GramBatch:
+    """Grams of one size k waiting for a batched eigensolve.
+
+    ``add(key, C, scale)`` queues a (B, k, k) stack for one layer; ``solve()`` returns
+    {key: ascending numpy ESD (B * k,)} and empties the batch.
+    """
+
+    k: int
+    items: list = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(int(C.shape[0]) for _, C, _ in self.items)
+
+    def add(self, key, C: torch.Tensor, scale: float) -> None:
+        self.items.append((key, C, scale))
+
+    def solve(self) -> dict:
+        if not self.items:
+            return {}
+        items, self.items = self.items, []
+        stack = torch.cat([C for _, C, _ in items]) if len(items) > 1 else items[0][1]
+        try:
+            per_item = _split(torch.linalg.eigvalsh(stack), [int(C.shape[0]) for _, C, _ in items])
+        except RuntimeError:  # one matrix failed to converge: solve them one by one
+            per_item = []
+            for _, C, _ in items:
+                try:
+                    per_item.append(torch.linalg.eigvalsh(C))
+                except RuntimeError:
+                    per_item.append(None)
+        out = {}
+        for (key, _, scale), ev in zip(items, per_item):
+            if ev is None:
+                out[key] = None
+                continue
+            ev = ev.clamp_min(0).reshape(-1).cpu().numpy()
+            if scale != 1.0:
+                ev = ev * scale
+            out[key] = np.sort(ev)
+        return out
+
+
+def _split(evals: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    return list(torch.split(evals, sizes, dim=0))
