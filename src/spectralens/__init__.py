@@ -16,7 +16,10 @@ __all__ = ["analyze", "summarize", "__version__"]
 def __getattr__(name: str):
     # Lazy: ``spectralens.analyze(...)`` works without importing pandas at package import.
     if name in ("analyze", "summarize"):
-        from . import analyze as _analyze_module
+        import importlib
 
+        # import_module, not "from . import analyze": that form calls hasattr(package, "analyze"),
+        # which re-enters this __getattr__ before the submodule exists (infinite recursion).
+        _analyze_module = importlib.import_module(".analyze", __name__)
         return getattr(_analyze_module, name)
     raise AttributeError(f"module 'spectralens' has no attribute {name!r}")
