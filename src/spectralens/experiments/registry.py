@@ -49,6 +49,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("spectral-condition.sparse-regression", f"{_SC}.sparse_regression", "x1*x2*x3 with a 4-layer squared-ReLU net (figs. 1, 4): SpecGD on layers 2-3 vs GD"),
     Experiment("spectral-condition.nanogpt", f"{_SC}.nanogpt", "char-level GPT on Shakespeare, AdamW vs hybrid Muon, monitored nr(G) and st(A)"),
     Experiment("heavy-tails", "spectralens.experiments.heavy_tails", "Kothapalli et al. 2406.04657: teacher-student GD/Adam lr sweep, spike then heavy tail"),
+    Experiment("alphadecay", "spectralens.experiments.alphadecay", "He et al. 2506.14562 at CPU scale: LLaMA-style GPT on Shakespeare, 5 decay policies x 3 seeds"),
 )
 
 
