@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,16 +192,23 @@ def _load_pickle(path: Path) -> Mapping[str, Any]:
     raise SourceError(f"{path}: checkpoint holds a {type(obj).__name__}, not a state dict")
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders 'h.2' before 'h.10' (safetensors headers list keys alphabetically)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _from_files(files: list[Path], description: str) -> WeightSource:
     refs: list[TensorRef] = []
     closers = []
     for f in files:
-        if f.suffix == ".safetensors":
+        if f.suffix == ".safetensors" or f.suffix not in _PICKLE_SUFFIXES:
             r, c = _open_safetensors(f)
             refs += r
             closers.append(c)
         else:
             refs += _from_state_dict(_load_pickle(f), str(f), file=str(f)).refs
+    if any(f.suffix not in _PICKLE_SUFFIXES for f in files):
+        refs.sort(key=lambda r: natural_key(r.key))  # file order is alphabetical, not model order
     return WeightSource(refs, description, closers)
 
 
@@ -249,14 +257,9 @@ def open_source(source: Any) -> WeightSource:
             head = fh.read(8)
         if head[:2] == b"PK" or head[:1] == b"\x80":
             return _from_files([path], str(path))
-        return _sniff_safetensors(path)
+        return _from_files([path], str(path))
     raise SourceError(f"cannot analyse a {type(source).__name__}: expected an nn.Module, a state dict, "
                       f"or a path to a .safetensors/.pt/.bin file or a model folder")
-
-
-def _sniff_safetensors(path: Path) -> WeightSource:
-    refs, closer = _open_safetensors(path)
-    return WeightSource(refs, str(path), [closer])
 
 
 def iter_loaded(source: WeightSource) -> Iterator[tuple[TensorRef, torch.Tensor]]:
