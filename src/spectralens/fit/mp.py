@@ -18,8 +18,9 @@ networks", JMLR, Sec. 3). Steps (``WeightWatcher.mp_fit`` + ``RMT_Util.fit_densi
 5. bulk_max = b, bulk_min = a; Tracy-Widom margin TW = Q^-1/2 b^(2/3) M^(-2/3);
    num_spikes = #{lambda > b + sqrt(TW)}; mp_softrank = b / lambda_max.
 
-All eigenvalue-valued outputs are in the rescaled units (as WW reports them); ``scale`` is the
-factor n / sum(lambda) that maps the input to them.
+Units, as WW reports them: sigma is in the rescaled units; bulk_max, bulk_min and bulk_max_tw are
+mapped back to the units of the input (divided by ``scale`` = n / sum(lambda)); mp_softrank is
+a ratio and num_spikes a count, both computed in the rescaled units.
 
 Where we differ from WW on purpose: WW polishes the grid minimum with scipy's Nelder-Mead
 (``optimize.brute(..., finish=fmin)``); we refine with two rounds of a 41-point local grid
@@ -44,16 +45,16 @@ _PENALTY = 1000.0
 
 @dataclass(frozen=True)
 class MPFit:
-    """Marchenko-Pastur bulk fit (rescaled units: the eigenvalues times ``scale``)."""
-    sigma: float        # fitted MP scale sigma
-    bulk_max: float     # (sigma (1 + 1/sqrt(Q)))^2, the MP upper edge
-    bulk_min: float     # (sigma (1 - 1/sqrt(Q)))^2
+    """Marchenko-Pastur bulk fit. sigma is in rescaled units, the edges in the input's units."""
+    sigma: float        # fitted MP scale sigma of the rescaled ESD (sum lambda = n)
+    bulk_max: float     # (sigma (1 + 1/sqrt(Q)))^2 / scale, the MP upper edge
+    bulk_min: float     # (sigma (1 - 1/sqrt(Q)))^2 / scale
     num_spikes: int     # eigenvalues above bulk_max + sqrt(Tracy-Widom margin)
     mp_softrank: float  # bulk_max / lambda_max
     Q: float            # aspect ratio N / M >= 1
     status: str         # "ok" or a short reason
     scale: float = 1.0          # factor applied to the eigenvalues: n / sum(lambda)
-    bulk_max_tw: float = math.nan  # bulk_max + sqrt(TW), the spike threshold
+    bulk_max_tw: float = math.nan  # (bulk_max + sqrt(TW)) / scale, the spike threshold
 
 
 def linear_kde(data: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
@@ -147,6 +148,6 @@ def fit_marchenko_pastur(evals, N: int, M: int) -> MPFit:
     bulk_min = (sigma * (1 - 1 / math.sqrt(Q))) ** 2
     tw = 1 / math.sqrt(Q) * bulk_max ** (2 / 3) * M ** (-2 / 3)
     thresh = bulk_max + math.sqrt(tw)
-    return MPFit(sigma=sigma, bulk_max=bulk_max, bulk_min=bulk_min,
+    return MPFit(sigma=sigma, bulk_max=bulk_max / scale, bulk_min=bulk_min / scale,
                  num_spikes=int(np.count_nonzero(x > thresh)), mp_softrank=bulk_max / lam_max, Q=Q,
-                 status="ok", scale=scale, bulk_max_tw=thresh)
+                 status="ok", scale=scale, bulk_max_tw=thresh / scale)
