@@ -75,7 +75,10 @@ def ks_alpha(evals: torch.Tensor) -> float:
     try:
         from spectralens.fit import fit_power_law
     except ImportError:
-        return float("nan")
+        try:  # built but not yet re-exported from spectralens.fit
+            from spectralens.fit.power_law import fit_power_law
+        except ImportError:
+            return float("nan")
     return float(fit_power_law(evals, method="ks").alpha)
 
 
