@@ -79,8 +79,8 @@ def test_gram_form_agrees_with_textbook(cond):
     fast = orthogonalize_newton_schulz(G, gram=True)
     slow = orthogonalize_newton_schulz(G, gram=False)
     rel = lambda X: ((X.double() - ref).norm() / ref.norm()).item()  # noqa: E731
-    assert rel(fast) < 2e-5 and rel(slow) < 2e-5
-    assert (fast - slow).abs().max() < 1e-5
+    assert rel(fast) < 1.5 * rel(slow) + 1e-6  # the restart keeps textbook accuracy
+    assert rel(slow) < 1e-5 and (fast - slow).abs().max() < 1e-5
 
 
 def test_batched_equals_one_by_one_and_tall_is_transpose():
@@ -98,7 +98,7 @@ def test_dtype_defaults_and_edge_cases():
     assert orthogonalize_newton_schulz(G, dtype=torch.float64).dtype == torch.float64
     assert orthogonalize_newton_schulz(G[:4, :6].float(), dtype=torch.bfloat16).dtype == torch.bfloat16
     assert torch.equal(orthogonalize_newton_schulz(torch.zeros(4, 6)), torch.zeros(4, 6))
-    assert torch.equal(orthogonalize_newton_schulz(G, steps=0), (G / G.norm()).float())
+    assert torch.allclose(orthogonalize_newton_schulz(G, steps=0), (G / G.norm()).float(), atol=1e-7)
     with pytest.raises(ValueError, match=r"\(3, 4, 5, 6\)"):
         orthogonalize_newton_schulz(torch.zeros(3, 4, 5, 6))
     with pytest.raises(ValueError, match="'qr'"):
