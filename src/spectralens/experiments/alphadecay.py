@@ -268,7 +268,7 @@ def _figures(runs: list[dict], cfg: AlphaDecayReproConfig, out_dir: Path) -> lis
 
     names = []
     methods = [m for m in cfg.methods if any(r["method"] == m for r in runs)]
-    fig, axes = figure(1, 3, size=(5.0, 3.6))
+    fig, axes = figure(1, 4, size=(4.6, 3.6))
     ax = axes[0][0]
     for i, m in enumerate(methods):
         v = [r["val_ppl"] for r in runs if r["method"] == m and r["val_ppl"] is not None]
@@ -298,6 +298,19 @@ def _figures(runs: list[dict], cfg: AlphaDecayReproConfig, out_dir: Path) -> lis
     ax.set_xlabel("step")
     ax.set_title("mean weight decay over tuned modules")
     ax.legend(fontsize=8)
+    ax = axes[0][3]
+    base = [r["val_ppl"] for r in sorted(runs, key=lambda r: r["seed"]) if r["method"] == "uniform"]
+    for i, m in enumerate(methods):
+        v = [r["val_ppl"] for r in sorted(runs, key=lambda r: r["seed"]) if r["method"] == m]
+        if m == "uniform" or len(v) != len(base) or None in v or None in base:
+            continue
+        d = paired_difference(v, base)
+        ax.errorbar(i, d["mean"], yerr=d["ci95_half_width"] if math.isfinite(d["ci95_half_width"]) else 0,
+                    fmt="o", color=f"C{i}", capsize=4)
+        ax.plot([i] * len(v), np.asarray(v) - np.asarray(base), "k.", ms=4)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
+    ax.set_title("ppl - uniform, paired by seed (95% CI)")
     names.append(save_figure(fig, out_dir / "alphadecay_ppl.png"))
 
     fig, axes = figure(1, 2, size=(6.0, 3.8))
