@@ -79,4 +79,7 @@ def run(args: argparse.Namespace) -> int:
     failed = sum(c.get("held") is False for c in claims)
     print(f"{args.name}: {len(claims) - failed}/{len(claims)} claims held or reported, {failed} not held "
           f"({seconds:.1f} s). Output: {Path(args.out) / args.name}")
-    return 0
+    skipped = result.get("skipped") or {}
+    for part_name, msg in skipped.items():
+        print(f"spectralens repro {args.name}: part {part_name} not run: {msg}", file=sys.stderr)
+    return 2 if skipped else 0
