@@ -212,3 +212,36 @@ def test_layer_kinds_cover_common_names():
     assert layer_kind("anything", nn.Embedding(3, 2)) == "embedding"
     assert layer_kind("x.ln_1", nn.LayerNorm(4)) == "norm"
     assert layer_kind("features.0", nn.Conv2d(1, 1, 1)) == "conv"
+
+
+@pytest.mark.parametrize("spectrum", ["spiked", "flat", "decaying"])
+def test_top_eigenvalue_large_gram(spectrum):
+    from spectralens.monitor.metrics import EXACT_TOP_DIM, top_eigenvalue
+
+    d = EXACT_TOP_DIM + 88
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(2 * d, d, generator=g, dtype=torch.float64)
+    if spectrum == "spiked":
+        A = A + 4 * torch.randn(1, d, generator=g, dtype=torch.float64)
+    elif spectrum == "decaying":
+        A = A * torch.linspace(1, 0.01, d, dtype=torch.float64)
+    C = A.T @ A
+    assert top_eigenvalue(C) == pytest.approx(float(torch.linalg.eigvalsh(C)[-1]), rel=1e-8)
+
+
+def test_shared_input_gram_is_computed_once_and_version_checked():
+    from spectralens.monitor.accumulators import InputGramCache, LayerProbe
+
+    cache = InputGramCache()
+    mods = [nn.Linear(6, 4) for _ in range(3)]
+    probes = [LayerProbe(f"p{i}", m, "linear", "other", cache=cache) for i, m in enumerate(mods)]
+    x = torch.randn(10, 6)
+    probes[0].hook(mods[0], (x,), None)
+    probes[1].hook(mods[1], (x,), None)
+    assert cache.get(x, torch.float32) is not None  # the second probe reused the first's Gram
+    x.mul_(2.0)  # in place: version changes, no reuse
+    assert cache.get(x, torch.float32) is None
+    probes[2].hook(mods[2], (x,), None)
+    assert probes[1].fro2 == probes[0].fro2 and probes[1].gram is not probes[0].gram
+    assert float(probes[2].fro2) == pytest.approx(4 * float(probes[0].fro2), rel=1e-6)
+    assert cache.get(x.clone(), torch.float32) is None  # equal values, other object: no reuse

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerProbe", "conv_patches"]
+__all__ = ["LayerProbe", "InputGramCache", "conv_patches"]
 
 _PATCH_CHUNK_ELEMENTS = 1 << 24
 
@@ -100,6 +101,38 @@ def _normalised(module: nn.Module, x: torch.Tensor, d: int) -> torch.Tensor:
     return xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
 
 
+class InputGramCache:
+    """One-slot cache shared by the probes of a monitor: the Gram increment of the last input.
+
+    Q, K and V (and GPT-2's c_attn vs separate projections, MLP up and gate) receive the
+    *same* tensor object in one forward; the first probe computes A^T A, the next ones reuse
+    it when the input is the very same object (checked by a weak reference, so a freed and
+    reallocated tensor never matches) at the same version (no in-place change since).
+    Holds at most one d x d tensor; ``clear()`` frees it.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._ref = None
+        self._key = None
+        self._value = None
+
+    def get(self, x: torch.Tensor, dtype: torch.dtype):
+        if self._ref is not None and self._ref() is x and self._key == (x._version, dtype):
+            return self._value
+        return None
+
+    def put(self, x: torch.Tensor, dtype: torch.dtype, value) -> None:
+        try:
+            self._ref = weakref.ref(x)
+        except TypeError:  # pragma: no cover - tensors support weak references
+            self._ref = None
+            return
+        self._key, self._value = (x._version, dtype), value
+
+
 class LayerProbe:
     """Accumulator for one monitored module; its ``hook`` is a forward hook.
 
@@ -110,9 +143,10 @@ class LayerProbe:
     """
 
     def __init__(self, name: str, module: nn.Module, family: str, kind: str,
-                 gram_dtype: torch.dtype = torch.float32):
+                 gram_dtype: torch.dtype = torch.float32, cache: InputGramCache | None = None):
         self.name, self.module, self.family, self.kind = name, module, family, kind
         self.gram_dtype = gram_dtype
+        self.cache = cache
         self.handle = None
         self.reset()
 
@@ -152,8 +186,8 @@ class LayerProbe:
             self.error = f"{type(exc).__name__}: {exc}"
         self.hook_s += time.perf_counter() - t0
 
-    def _accumulate(self, x: torch.Tensor) -> None:
-        x = x.detach()
+    def _accumulate(self, inp: torch.Tensor) -> None:
+        x = inp.detach()  # a new object: the cache is keyed on ``inp``, the object the modules share
         fam = self.family
         if fam == "embedding":
             ids = x.reshape(-1).long()
@@ -161,10 +195,15 @@ class LayerProbe:
             self.counts = c if self.counts is None else self.counts + c
             self.rows += ids.numel()
             return
-        if fam == "linear":
-            self._add_rows(x.reshape(-1, self.module.in_features))
-        elif fam == "hf_conv1d":
-            self._add_rows(x.reshape(-1, self.module.weight.shape[0]))
+        if fam in ("linear", "hf_conv1d"):
+            d = self.module.in_features if fam == "linear" else self.module.weight.shape[0]
+            hit = self.cache.get(inp, self.gram_dtype) if self.cache is not None else None
+            if hit is None:
+                A = x.reshape(-1, d).to(self.gram_dtype)
+                hit = (A.T @ A, (A * A).sum(dtype=torch.float64), A.shape[0])
+                if self.cache is not None:
+                    self.cache.put(inp, self.gram_dtype, hit)
+            self._add_gram(*hit)
         elif fam == "norm":
             self._add_rows(_normalised(self.module, x, self.module.weight.numel()))
         elif fam == "conv":
@@ -186,3 +225,13 @@ class LayerProbe:
         self.gram.addmm_(A.T, A)
         self.fro2 += (A * A).sum(dtype=torch.float64)
         self.rows += A.shape[0]
+
+    def _add_gram(self, gram: torch.Tensor, fro2: torch.Tensor, rows: int) -> None:
+        """C += a precomputed A^T A (shared with another probe through the cache)."""
+        if self.gram is None:
+            self.gram = gram.clone()
+            self.fro2 = fro2.clone()
+        else:
+            self.gram += gram
+            self.fro2 += fro2
+        self.rows += rows

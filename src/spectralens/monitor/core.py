@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from . import distributed as _dist
-from .accumulators import LayerProbe
+from .accumulators import InputGramCache, LayerProbe
 from .kinds import LayerSelector, layer_kind, select_layers
 from .metrics import (activation_stats, condition, gain_gradient_stats, gradient_stats, token_stats,
                       weight_matrix, weight_stats)
@@ -97,7 +97,8 @@ class SpectralMonitor:
         if not selected:
             raise ValueError("SpectralMonitor: no layer selected (the model has no trainable Linear, Conv1d/2d, "
                              f"Embedding or norm gain matching layers={layers!r})")
-        self.probes = [LayerProbe(n, m, f, layer_kind(n, m), gram_dtype) for n, m, f in selected]
+        self._cache = InputGramCache()  # q/k/v (and up/gate) share one input: one Gram per input tensor
+        self.probes = [LayerProbe(n, m, f, layer_kind(n, m), gram_dtype, self._cache) for n, m, f in selected]
         self.every, self.alpha_every, self.weight_stats = every, alpha_every, weight_stats
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
         self.sinks: list[Sink] = list(sinks)
@@ -146,6 +147,7 @@ class SpectralMonitor:
                 for p in self.probes:
                     p.disarm()
                     p.reset()
+                self._cache.clear()
             self._n_monitored += 1
             if records and self._rank0:
                 self._emit(records)
@@ -160,6 +162,7 @@ class SpectralMonitor:
         for p in self.probes:
             p.disarm()
             p.reset()
+        self._cache.clear()
         if not self._closed:
             for s in self.sinks:
                 try:
@@ -215,7 +218,20 @@ class SpectralMonitor:
             if not self._rank0:
                 return []
         with_alpha = self.alpha_every > 0 and self._n_monitored % self.alpha_every == 0
-        return [self._layer_record(p, with_alpha) for p in self.probes]
+        self._act_memo: list[tuple[torch.Tensor, dict]] = []
+        try:
+            return [self._layer_record(p, with_alpha) for p in self.probes]
+        finally:
+            self._act_memo = []
+
+    def _activation_stats(self, gram: torch.Tensor, fro2: torch.Tensor) -> dict:
+        """activation_stats, reusing the result of an identical Gram this step (Q, K, V share A)."""
+        for g, stats in self._act_memo:
+            if g.shape == gram.shape and torch.equal(g, gram):
+                return stats
+        stats = activation_stats(gram, fro2)
+        self._act_memo.append((gram, stats))
+        return stats
 
     def _layer_record(self, p: LayerProbe, with_alpha: bool) -> dict:
         t0 = time.perf_counter()
@@ -234,7 +250,7 @@ class SpectralMonitor:
                 else:
                     if p.gram is None:
                         raise RuntimeError("no training forward captured this step (eval mode or no_grad?)")
-                    rec.update(activation_stats(p.gram, p.fro2))
+                    rec.update(self._activation_stats(p.gram, p.fro2))
             except Exception as exc:
                 problems.append(f"activation: {exc}")
             try:  # the weight gradient
