@@ -28,7 +28,7 @@ __all__ = ["run", "train_one", "SETTINGS"]
 
 # Full (default) and quick settings. Full: 4 layers, width 256 (124M model: 12 x 768).
 SETTINGS = {
-    False: dict(n_layer=4, n_embd=256, n_head=4, block_size=128, batch_size=16, steps=240, monitor_every=20,
+    False: dict(n_layer=4, n_embd=256, n_head=4, block_size=128, batch_size=16, steps=150, monitor_every=15,
                 eval_batches=8, max_chars=None),
     True: dict(n_layer=2, n_embd=64, n_head=2, block_size=64, batch_size=8, steps=30, monitor_every=5,
                eval_batches=2, max_chars=300_000),
