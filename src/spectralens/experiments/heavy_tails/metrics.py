@@ -26,7 +26,7 @@ from spectralens.fit import hill_alpha
 
 __all__ = [
     "Spectrum", "spectrum", "ks_alpha", "features", "kernel_target_alignment", "ridge_refit_test_mse",
-    "update_overlaps", "UpdateOverlaps",
+    "update_overlaps", "UpdateOverlaps", "thin_svd",
 ]
 
 
@@ -130,12 +130,20 @@ class UpdateOverlaps:
         return float(self.right[:, 0].max())
 
 
-def update_overlaps(W: torch.Tensor, M: torch.Tensor, k: int = 20) -> UpdateOverlaps:
-    """Top-k squared overlaps of the singular vectors of W (h, d) and M (h, d), float32 SVD."""
+def thin_svd(A: torch.Tensor):
+    """(U, S, Vh) of the float32 thin SVD; pass it to ``update_overlaps`` to avoid recomputing."""
+    return torch.linalg.svd(A.float(), full_matrices=False)
+
+
+def update_overlaps(W: torch.Tensor, M: torch.Tensor, k: int = 20, *, svd_w=None, svd_m=None) -> UpdateOverlaps:
+    """Top-k squared overlaps of the singular vectors of W (h, d) and M (h, d), float32 SVD.
+
+    ``svd_w`` / ``svd_m``: precomputed ``thin_svd`` of W / M (W_{t+1} is W_t of the next step).
+    """
     if W.shape != M.shape:
         raise ValueError(f"W {tuple(W.shape)} and M {tuple(M.shape)} must have the same shape")
-    Uw, _, Vhw = torch.linalg.svd(W.float(), full_matrices=False)
-    Um, Sm, Vhm = torch.linalg.svd(M.float(), full_matrices=False)
+    Uw, _, Vhw = svd_w if svd_w is not None else thin_svd(W)
+    Um, Sm, Vhm = svd_m if svd_m is not None else thin_svd(M)
     k = min(k, Uw.shape[1])
     left = (Uw[:, :k].T @ Um[:, :k]).square()
     right = (Vhw[:k] @ Vhm[:k].T).square()

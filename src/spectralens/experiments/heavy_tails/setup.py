@@ -35,7 +35,7 @@ class HeavyTailsConfig:
     repeats: int = 2  # independent draws of data and init (paper: 5)
     featured: tuple[tuple[str, float], ...] = (("adam", 1.0), ("gd", 2000.0))  # runs with overlaps
     overlap_k: int = 20  # top-k singular vectors shown in the overlap matrices
-    metric_steps: tuple[int, ...] = (1, 2, 5, 10)  # steps (besides 0) with the full metrics (ESD, ridge refit)
+    metric_steps: tuple[int, ...] = (1, 5, 10)  # steps (besides 0) with the full metrics (ESD, ridge refit)
     hist_steps: tuple[int, ...] = (0, 1, 10)  # steps whose ESD histograms are plotted
 
     @property

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from .metrics import ks_alpha, ridge_refit_test_mse, spectrum, update_overlaps
+from .metrics import ks_alpha, ridge_refit_test_mse, spectrum, thin_svd, update_overlaps
 from .setup import HeavyTailsConfig, Problem, make_problem, train_steps
 
 __all__ = ["run_sweep", "step_metrics"]
@@ -40,11 +40,15 @@ def step_metrics(W: torch.Tensor, problem: Problem, cfg: HeavyTailsConfig, init_
     }
 
 
-def _overlap_record(W_prev: torch.Tensor, W_next: torch.Tensor, k: int) -> dict:
+def _overlap_record(W_prev: torch.Tensor, W_next: torch.Tensor, k: int, svd_prev) -> tuple[dict, tuple]:
+    """Overlaps of M = W_next - W_prev with W_prev and W_next; returns W_next's SVD for reuse."""
     M = W_next - W_prev
-    before, after = update_overlaps(W_prev, M, k), update_overlaps(W_next, M, k)
+    svd_prev = svd_prev if svd_prev is not None else thin_svd(W_prev)
+    svd_next, svd_m = thin_svd(W_next), thin_svd(M)
+    before = update_overlaps(W_prev, M, k, svd_w=svd_prev, svd_m=svd_m)
+    after = update_overlaps(W_next, M, k, svd_w=svd_next, svd_m=svd_m)
     s = after.m_singular_values.double()
-    return {
+    rec = {
         "m_top_singular_values": s[:k].tolist(),
         "m_stable_rank": float(s.square().sum() / s[0].square()) if s[0] > 0 else float("nan"),
         "overlap_v1W_prev_v1M": before.top_right(),
@@ -53,6 +57,7 @@ def _overlap_record(W_prev: torch.Tensor, W_next: torch.Tensor, k: int) -> dict:
         "_right_prev": before.right, "_right_next": after.right,
         "_left_prev": before.left, "_left_next": after.left,
     }
+    return rec, svd_next
 
 
 def run_sweep(cfg: HeavyTailsConfig, seed: int, *, log=print) -> dict:
@@ -72,12 +77,13 @@ def run_sweep(cfg: HeavyTailsConfig, seed: int, *, log=print) -> dict:
         for opt in cfg.optimizers:
             for lr in cfg.lrs:
                 featured = rep == 0 and (opt, float(lr)) in {(o, float(l)) for o, l in cfg.featured}
-                steps, ov, prev = [dict(init, step=0)], [], None
+                steps, ov, prev, svd_prev = [dict(init, step=0)], [], None, None
                 for step, W in train_steps(cfg, problem, opt, lr):
                     if step > 0 and step in cfg.metric_steps:
                         steps.append(dict(step_metrics(W, problem, cfg, edge, ks=ks_available), step=step))
                     if step > 0 and featured and bool(torch.isfinite(W).all()):
-                        ov.append(dict(_overlap_record(prev, W, cfg.overlap_k), step=step - 1))
+                        rec, svd_prev = _overlap_record(prev, W, cfg.overlap_k, svd_prev)
+                        ov.append(dict(rec, step=step - 1))
                     prev = W
                 runs.append({"repeat": rep, "seed": seed + rep, "optimizer": opt, "lr": float(lr), "steps": steps})
                 if featured:
