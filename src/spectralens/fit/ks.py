@@ -19,8 +19,9 @@ Cost. All alphas come from one reverse cumulative sum, O(N). A full D scan needs
 * ``prune=True`` (default for N > 200): bound and refine. Sample G + 1 evenly spaced points of
   every tail; |F - E| at them is a lower bound of D_i, and because the fitted CDF F and the
   empirical CDF E are both non-decreasing, the deviation between two sampled points k_a < k_b
-  is at most max(F_b - E_a, E_b - F_a): an upper bound. Candidates whose lower bound exceeds
-  the smallest upper bound cannot win; the others are re-bounded with a 4x finer grid (32, 128,
+  is at most max(F_b - E_a, E_b - F_a): an upper bound. The exact D of the 8 candidates with
+  the smallest lower bounds is another upper bound on the minimum D* (usually a tight one).
+  Candidates whose lower bound exceeds the smallest upper bound cannot win; the others are re-bounded with a 4x finer grid (32, 128,
   ..., 8192 points) and the survivors (typically tens) get the exact D. Typically O(N G) work
   instead of O(N^2); a pure power law (flat D curve, many near-ties) is the slow case.
   ``Ds`` is then exact for the survivors and NaN elsewhere.
@@ -36,6 +37,7 @@ import numpy as np
 __all__ = ["KSScan", "ks_scan", "ks_distance", "tail_alphas"]
 
 _BLOCK_ELEMENTS = 1 << 21  # ~2M float64 elements (16 MiB) per block of the exact D computation
+_PROBES = 8                # candidates per refinement level whose exact D tightens the upper bound
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,9 @@ def ks_scan(x: np.ndarray, *, candidates: np.ndarray | None = None, prune: bool 
             if rows.size < 64:
                 break
             lower, upper = _bounds(L, alpha, rows, grid)
-            best_upper = min(best_upper, float(upper.min()))
+            # exact D of the few most promising candidates: a tight upper bound on D*
+            probe = np.sort(rows[np.argsort(lower, kind="stable")[:_PROBES]])
+            best_upper = min(best_upper, float(upper.min()), float(ks_distance(x, alpha, probe).min()))
             rows = rows[lower <= best_upper + 1e-12]    # the winner has lower <= D* <= best_upper
             short = (N - rows) <= 4 * grid              # tails this short: exact D costs no more
             done.append(rows[short])
