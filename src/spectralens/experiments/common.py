@@ -91,8 +91,9 @@ def write_outputs(
     if seconds is not None:
         lines += [f"Wall time: {seconds:.1f} s.", ""]
     lines += ["| claim | measured | held? |", "|---|---|---|"]
+    cell = lambda text: str(text).replace("|", "\\|")  # a literal | would end the table cell
     for c in claims:
-        lines.append(f"| {c.claim} | {c.measured} | {_held_text(c.held)} |")
+        lines.append(f"| {cell(c.claim)} | {cell(c.measured)} | {_held_text(c.held)} |")
     lines.append("")
     notes = list(notes)
     if notes:

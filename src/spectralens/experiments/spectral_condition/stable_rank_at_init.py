@@ -62,8 +62,8 @@ def _block_mlp_features(k: int, gen: torch.Generator) -> torch.Tensor:
     d = max(4, k // 4)
     seqs, T = 4, max(2, k // 2)
     cfg = GPTConfig(n_embd=d, n_head=max(1, d // 64), block_size=T, mlp="gelu", norm="rmsnorm", mlp_ratio=4.0)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    block = Block(cfg).double()
+    with torch.random.fork_rng(devices=[]):  # Block's default init draws from the global RNG
+        block = Block(cfg).double()
     with torch.no_grad():
         for m in block.modules():
             if isinstance(m, torch.nn.Linear):
