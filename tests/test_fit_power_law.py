@@ -233,6 +233,9 @@ def test_too_many_clipped_fingers_and_bad_arguments():
         fit_power_law(np.arange(1.0, 50.0), method="mle")
     with pytest.raises(ValueError, match="fix_fingers"):
         fit_power_law(np.arange(1.0, 50.0), fix_fingers="peak")
+    with pytest.raises(ValueError, match="1-D"):
+        fit_power_law(np.ones((3, 40)))
+    assert fit_power_law(np.arange(1.0, 50.0)[None, :]).status == "ok"
 
 
 def test_warning_column_follows_weightwatcher():

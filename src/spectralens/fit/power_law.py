@@ -76,7 +76,10 @@ def as_numpy_evals(evals) -> np.ndarray:
     """1-D float64 numpy copy of a numpy array, torch tensor or sequence of eigenvalues."""
     if hasattr(evals, "detach"):  # torch tensor, without importing torch here
         evals = evals.detach().to("cpu").double().numpy()
-    return np.asarray(evals, dtype=np.float64).reshape(-1)
+    arr = np.asarray(evals, dtype=np.float64)
+    if arr.ndim > 1 and sum(d > 1 for d in arr.shape) > 1:
+        raise ValueError(f"expected a 1-D array of eigenvalues, got shape {arr.shape} (fit one spectrum at a time)")
+    return arr.reshape(-1)
 
 
 def _failed(num_evals: int, method: str, status: str) -> PowerLawFit:
