@@ -202,7 +202,7 @@ def _orth_key(group: dict, mshape: tuple, device: torch.device) -> tuple:
 
 
 def _orth_fn(key: tuple):
-    _, _, _, dtype, method, steps, coeffs, eps = key
+    _, _, _, dtype, method, steps, coeffs, eps = key[:8]
     return lambda X: orthogonalize(X, method, steps, coeffs, dtype, eps)
 
 
@@ -225,8 +225,8 @@ def muon_step(optimizer: Optimizer, groups: list[dict], distributed: bool | None
         return
     use_dist = _dist.active(process_group) if distributed is None else distributed
     buckets: dict[tuple, list[int]] = defaultdict(list)
-    for i, (p, group, _, ms) in enumerate(entries):
-        buckets[_orth_key(group, ms, p.device)].append(i)
+    for i, (p, group, u, ms) in enumerate(entries):  # DTensor and plain never share a bucket
+        buckets[_orth_key(group, ms, p.device) + (_dist.is_dtensor(u),)].append(i)
     results: list[torch.Tensor | None] = [None] * len(entries)
     for key, idx in buckets.items():
         fn = _orth_fn(key)
