@@ -63,8 +63,8 @@ def conv2d_patches_explicit(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def normalised_explicit(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     d = module.weight.numel()
     x = x.to(torch.float64).reshape(-1, d)
-    eps = getattr(module, "eps", 1e-6)
-    eps = 1e-6 if eps is None else eps
+    eps = getattr(module, "eps", None)
+    eps = torch.finfo(torch.float32).eps if eps is None else eps
     if "rms" in type(module).__name__.lower():
         return x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + eps)
     mu = x.mean(-1, keepdim=True)

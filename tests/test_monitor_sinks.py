@@ -122,3 +122,30 @@ def test_report_cli_bad_input(tmp_path, capsys):
     (tmp_path / "bad" / "monitor.jsonl").write_text("{not json\n")
     assert main(["report", str(tmp_path / "bad"), "--no-plots"]) == 2
     assert "not a JSON record" in capsys.readouterr().err
+
+
+def test_wandb_sink_with_a_run_object(tmp_path):
+    from spectralens.monitor import WandbSink
+
+    class FakeRun:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data, commit=True):
+            self.logged.append((data, commit))
+
+    run = FakeRun()
+    _run(tmp_path, sinks=[WandbSink(run)])
+    assert len(run.logged) == 3 and all(commit is False for _, commit in run.logged)
+    data = run.logged[0][0]
+    assert data["spectral/step"] == 0 and "spectral/ratio/1" in data and "spectral/nr_grad/0" in data
+
+
+def test_torch_rmsnorm_is_monitored(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.RMSNorm(8), nn.Linear(8, 2))
+    with SpectralMonitor(model, every=1) as mon:
+        model(torch.randn(16, 4)).pow(2).sum().backward()
+        recs = {r["layer"]: r for r in mon.step()}
+    assert recs["1"]["kind"] == "norm" and recs["1"]["status"] == "ok"
+    assert recs["1"]["act_fro2"] == pytest.approx(16 * 8, rel=1e-4)  # x_hat = x / rms(x): each row has norm^2 = d

@@ -92,8 +92,8 @@ def _normalised(module: nn.Module, x: torch.Tensor, d: int) -> torch.Tensor:
     x = x.reshape(-1, d).float() if x.dtype in (torch.float16, torch.bfloat16) else x.reshape(-1, d)
     eps = getattr(module, "eps", None)
     if eps is None:
-        eps = getattr(module, "variance_epsilon", 1e-6)
-    eps = float(eps) if eps is not None else 1e-6
+        eps = getattr(module, "variance_epsilon", None)
+    eps = float(eps) if eps is not None else torch.finfo(x.dtype).eps  # torch.nn.RMSNorm's default
     if "rms" in type(module).__name__.lower():
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     mean = x.mean(-1, keepdim=True)
