@@ -8,13 +8,14 @@ orthogonalised updates shaped like the inputs.
 * :func:`orthogonalize_local` - one batched call over the whole bucket.
 * :func:`orthogonalize_replicated` - DDP / replicated parameters (every rank holds the same
   update): the K stacked matrices are split into ``world`` contiguous chunks of ceil(K/world)
-  (rank r owns chunk r; the order is the parameter order, identical on every rank), each rank
+  (chunk c goes to rank (c + first_rank) mod world, first_rank rotating across buckets; the
+  order is the parameter order, identical on every rank), each rank
   orthogonalises its chunk in one batched call, and ``all_gather`` assembles the result on
   every rank. Every rank then applies bit-identical updates. (Same work division as
   KellerJordan/Muon, done per same-shape bucket as in modded-nanogpt.)
 * :func:`orthogonalize_dtensors` - FSDP2 (``fully_shard``) DTensor parameters: the full update
   of each parameter is gathered (``full_tensor``, an all-gather), parameter i of the bucket is
-  orthogonalised by rank i mod world (batched with the others it owns), and
+  orthogonalised by rank (i + first_rank) mod world (batched with the others it owns), and
   ``distribute_tensor(..., src_data_rank=owner)`` scatters each rank its shard. Communication
   is an all-gather plus a scatter per parameter (Moonlight's "distributed Muon" gathers only to
   the owner; that would halve the traffic and is not done here).
@@ -64,29 +65,41 @@ def orthogonalize_local(mats, shapes, fn) -> list[torch.Tensor]:
     return _unstack(fn(_stack(mats, shapes)), mats, shapes)
 
 
-def orthogonalize_replicated(mats, shapes, fn, dtype: torch.dtype, group=None) -> list[torch.Tensor]:
-    """Each rank orthogonalises its chunk of the stacked bucket; all_gather reassembles it."""
+def orthogonalize_replicated(mats, shapes, fn, dtype: torch.dtype, group=None,
+                             first_rank: int = 0) -> list[torch.Tensor]:
+    """Each rank orthogonalises its chunk of the stacked bucket; all_gather reassembles it.
+
+    Chunk c goes to rank (c + first_rank) mod world; rotating ``first_rank`` across buckets
+    spreads small buckets (a single matrix of some shape) over the ranks.
+    """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     X = _stack(mats, shapes)
     total, (_, r, c) = X.shape[0], shapes[0]
     per = -(-total // world)
-    lo, hi = chunk_bounds(total, world, rank)
+    chunk = (rank - first_rank) % world
+    lo, hi = chunk_bounds(total, world, chunk)
     send = torch.zeros(per, r, c, dtype=dtype, device=X.device)  # ranks without work send zeros
     if hi > lo:
         send[: hi - lo] = fn(X[lo:hi])
     parts = [torch.empty_like(send) for _ in range(world)]
     dist.all_gather(parts, send, group=group)
-    return _unstack(torch.cat(parts)[:total], mats, shapes)
+    ordered = [parts[(ch + first_rank) % world] for ch in range(world)]
+    return _unstack(torch.cat(ordered)[:total], mats, shapes)
 
 
-def orthogonalize_dtensors(mats, shapes, fn, dtype: torch.dtype, group=None) -> list[torch.Tensor]:
-    """FSDP2: gather each full update, orthogonalise on its owner, scatter the shards back."""
+def orthogonalize_dtensors(mats, shapes, fn, dtype: torch.dtype, group=None,
+                           first_rank: int = 0) -> list[torch.Tensor]:
+    """FSDP2: gather each full update, orthogonalise on its owner, scatter the shards back.
+
+    Parameter i of the bucket is owned by rank (i + first_rank) mod world.
+    """
     from torch.distributed.tensor import distribute_tensor
 
     world = mats[0].device_mesh.size()
     rank = mats[0].device_mesh.get_local_rank()
     fulls = [m.full_tensor() for m in mats]  # collective, same order on every rank
-    owned = [i for i in range(len(mats)) if i % world == rank]
+    owner = [(i + first_rank) % world for i in range(len(mats))]
+    owned = [i for i in range(len(mats)) if owner[i] == rank]
     results: dict[int, torch.Tensor] = {}
     if owned:
         outs = orthogonalize_local([fulls[i] for i in owned], [shapes[i] for i in owned], fn)
@@ -95,5 +108,5 @@ def orthogonalize_dtensors(mats, shapes, fn, dtype: torch.dtype, group=None) -> 
     for i, m in enumerate(mats):
         full = results[i] if i in results else torch.empty(m.shape, dtype=dtype, device=fulls[i].device)
         shards.append(distribute_tensor(full.contiguous(), m.device_mesh, m.placements,
-                                        src_data_rank=i % world))
+                                        src_data_rank=owner[i]))
     return shards

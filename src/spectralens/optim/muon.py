@@ -228,14 +228,17 @@ def muon_step(optimizer: Optimizer, groups: list[dict], distributed: bool | None
     for i, (p, group, u, ms) in enumerate(entries):  # DTensor and plain never share a bucket
         buckets[_orth_key(group, ms, p.device) + (_dist.is_dtensor(u),)].append(i)
     results: list[torch.Tensor | None] = [None] * len(entries)
+    first_rank = 0  # rotates across buckets so single-matrix buckets do not all land on rank 0
     for key, idx in buckets.items():
         fn = _orth_fn(key)
         mats = [entries[i][2] for i in idx]
         shapes = [entries[i][3] for i in idx]
         if _dist.is_dtensor(mats[0]):
-            outs = _dist.orthogonalize_dtensors(mats, shapes, fn, key[3], process_group)
+            outs = _dist.orthogonalize_dtensors(mats, shapes, fn, key[3], process_group, first_rank)
+            first_rank += len(mats)
         elif use_dist:
-            outs = _dist.orthogonalize_replicated(mats, shapes, fn, key[3], process_group)
+            outs = _dist.orthogonalize_replicated(mats, shapes, fn, key[3], process_group, first_rank)
+            first_rank += sum(s[0] for s in shapes)
         else:
             outs = _dist.orthogonalize_local(mats, shapes, fn)
         for i, o in zip(idx, outs):
