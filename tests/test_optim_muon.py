@@ -46,16 +46,17 @@ def test_matches_float32_transcription(opts):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), (a - b).abs().max()
 
 
-def test_agrees_with_torch_optim_muon_to_bf16_rounding():
+@pytest.mark.parametrize("rule, nesterov", [("original", True), ("match_rms_adamw", False)])
+def test_agrees_with_torch_optim_muon_to_bf16_rounding(rule, nesterov):
     """torch.optim.Muon runs NS in bfloat16; ours in float32 on CPU: relative update diff ~1e-2."""
     shapes = [(32, 48), (48, 32)]
-    cfg = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
+    cfg = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov)
     ours, theirs, ours_bf16 = _params(shapes), _params(shapes), _params(shapes)
     start = [p.detach().clone() for p in ours]
     grads = _grads(ours, 3)
-    _run(Muon(ours, adjust_lr="original", **cfg), ours, grads)
-    _run(torch.optim.Muon(theirs, adjust_lr_fn="original", **cfg), theirs, grads)
-    _run(Muon(ours_bf16, adjust_lr="original", compute_dtype=torch.bfloat16, **cfg), ours_bf16, grads)
+    _run(Muon(ours, adjust_lr=rule, **cfg), ours, grads)
+    _run(torch.optim.Muon(theirs, adjust_lr_fn=rule, **cfg), theirs, grads)
+    _run(Muon(ours_bf16, adjust_lr=rule, compute_dtype=torch.bfloat16, **cfg), ours_bf16, grads)
     for a, b, c, s in zip(ours, theirs, ours_bf16, start):
         rel = ((a - s) - (b - s)).norm() / (b - s).norm()
         assert rel < 3e-2, rel
@@ -156,6 +157,15 @@ def test_lazy_state_closure_state_dict_round_trip():
         return loss
 
     assert o.step(closure) is not None and w.grad is not None
+
+
+def test_bfloat16_parameters_keep_their_dtype_and_compute_in_float32():
+    w = nn.Parameter(torch.randn(16, 24).bfloat16())
+    w.grad = torch.randn(16, 24).bfloat16()
+    opt = Muon([w], lr=0.1)
+    opt.step()
+    assert w.dtype == torch.bfloat16 and opt.state[w]["momentum_buffer"].dtype == torch.bfloat16
+    assert torch.isfinite(w.float()).all()
 
 
 def test_zero_gradient_gives_no_nan_and_no_grad_is_skipped():
