@@ -15,12 +15,13 @@ Three measurements, printed as one table with ratios (see docs/optim.md for the 
 Usage: python benchmarks/optim_step.py [--quick] [--device cpu|cuda] [--repeat N]
 ``--quick`` divides every dimension by 4, uses 2 blocks instead of 12 and 1 repetition; it
 checks that the script runs (ratios at that size are indicative only). On CUDA the default
-compute dtype is bfloat16 and the floor uses the bfloat16 matmul rate.
+compute dtype is bfloat16 and the floor uses the bfloat16 matmul rate. On a shared, overloaded
+machine 2-thread wall times are dominated by OpenMP threads waiting for a core; use
+``--threads 1 --clock cpu`` there (process CPU time of one thread) for meaningful ratios.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -38,7 +39,7 @@ CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (for a sha
 
 
 def _time(fn, device, repeat: int, warmup: int = 1) -> float:
-    """Median time of fn() over ``repeat`` runs after ``warmup``."""
+    """Best (minimum) time of fn() over ``repeat`` runs after ``warmup`` (robust to load spikes)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -48,7 +49,7 @@ def _time(fn, device, repeat: int, warmup: int = 1) -> float:
         fn()
         _sync(device)
         ts.append(CLOCK() - t)
-    return statistics.median(ts)
+    return min(ts)
 
 
 def _params(shapes, device, seed=0):

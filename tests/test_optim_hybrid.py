@@ -62,6 +62,17 @@ def test_conv_net_routing_first_conv_and_conv1d():
     assert len(conv_group["params"]) == 2
 
 
+def test_moe_stack_goes_to_muon_as_a_batch():
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.router = nn.Linear(8, 4, bias=False)
+            self.experts = nn.Parameter(torch.randn(4, 16, 8))
+    opt = hybrid(MoE())
+    reasons = {a.name: (a.optimizer, a.reason) for a in opt.assignment}
+    assert reasons["experts"] == ("muon", "stack of matrices, batched")
+
+
 def test_name_pattern_overrides_and_bad_pattern():
     model = _gpt()
     w = _where(hybrid(model, adamw_patterns=["blocks.0.attn.*"], muon_patterns=["lm_head.*"]))
