@@ -6,8 +6,10 @@ each monitored block holds exactly one monitored step (the monitor's counter onl
 inside monitored blocks). Reported:
 
 * overhead % of wall time at the cadence ``every`` = (time with - time without) / time without;
-* the cost of one monitored step relative to one plain training step (extra seconds / plain
-  step), and the overhead it implies at every = 10, 50, 100, 200 (extra / (every * plain));
+* the cost of one monitored step relative to one plain training step ((median monitored step -
+  median unmonitored step) / median unmonitored step), and the overhead it implies at
+  every = 10, 50, 100, 200 (extra / (every * step)); on a busy machine this prediction is more
+  reliable than the measured block overhead, which needs an otherwise idle machine;
 * per layer kind, the time spent in forward hooks (Gram accumulation) and in the metrics
   (eigendecompositions) per monitored step, relative to one plain training step.
 
@@ -90,9 +92,11 @@ def main(argv=None) -> dict:
     for _ in range(3 if a.quick else 10):  # warm-up
         train_step()
     mon = SpectralMonitor(model, every=every)
-    plain, with_mon, monitored, unmonitored = [], [], [], []
+    plain, with_mon, monitored, unmonitored, plain_steps = [], [], [], [], []
     for _ in range(repeats):
-        plain.append(sum(train_step() for _ in range(every)))
+        ts = [train_step() for _ in range(every)]
+        plain_steps += ts
+        plain.append(sum(ts))
         block_t = 0.0
         for _ in range(every):
             is_mon = mon.is_monitored()
@@ -102,7 +106,8 @@ def main(argv=None) -> dict:
         with_mon.append(block_t)
     mon.close()
 
-    t_plain = sum(plain) / (repeats * every)
+    # medians resist the bursts of a shared machine; the block sums give the measured overhead
+    t_plain = statistics.median(plain_steps + unmonitored)
     extra = statistics.median(monitored) - t_plain
     overhead = (sum(with_mon) - sum(plain)) / sum(plain) * 100
     df = mon.records()

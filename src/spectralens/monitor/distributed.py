@@ -38,21 +38,22 @@ def all_reduce_probes(probes) -> None:
     on some rank contributes zeros; its buffer shape is agreed with one small all-reduce.
     """
     for p in probes:
-        meta = torch.tensor([p.rows, 0 if p.gram is None else p.gram.shape[0]], dtype=torch.float64)
+        device = p.module.weight.device  # NCCL reduces only device tensors; gloo takes CPU ones
+        meta = torch.tensor([p.rows, 0 if p.gram is None else p.gram.shape[0]], dtype=torch.float64, device=device)
         meta_max = meta.clone()
         dist.all_reduce(meta, op=dist.ReduceOp.SUM)
         dist.all_reduce(meta_max, op=dist.ReduceOp.MAX)
         p.rows = int(meta[0])
         if p.family == "embedding":
             if p.counts is None:
-                p.counts = torch.zeros(p.module.num_embeddings, dtype=torch.int64, device=p.module.weight.device)
+                p.counts = torch.zeros(p.module.num_embeddings, dtype=torch.int64, device=device)
             dist.all_reduce(p.counts, op=dist.ReduceOp.SUM)
             continue
         d = int(meta_max[1])
         if d == 0:
             continue
         if p.gram is None:
-            p.gram = torch.zeros(d, d, dtype=p.gram_dtype, device=p.module.weight.device)
-            p.fro2 = torch.zeros((), dtype=torch.float64, device=p.module.weight.device)
+            p.gram = torch.zeros(d, d, dtype=p.gram_dtype, device=device)
+            p.fro2 = torch.zeros((), dtype=torch.float64, device=device)
         dist.all_reduce(p.gram, op=dist.ReduceOp.SUM)
         dist.all_reduce(p.fro2, op=dist.ReduceOp.SUM)
