@@ -51,8 +51,8 @@ def make_optimizer(kind: str, model: torch.nn.Module, args):
             return opt, "spectralens.optim.hybrid"
         return GatedSpectral(model, lr=args.lr, weight_decay=args.wd, force="spectral"), "GatedSpectral(force=spectral)"
     if kind == "gated":
-        return GatedSpectral(model, lr=args.lr, weight_decay=args.wd, every=args.every, hi=args.hi, lo=args.lo), \
-            "GatedSpectral"
+        return GatedSpectral(model, lr=args.lr, weight_decay=args.wd, every=args.every, hi=args.hi, lo=args.lo,
+                             initial_mode=args.initial_mode), f"GatedSpectral(initial_mode={args.initial_mode})"
     raise ValueError(f"unknown optimizer {kind!r}; expected one of {OPTIMIZERS}")
 
 
@@ -190,6 +190,7 @@ def main(argv=None) -> None:
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--hi", type=float, default=1.5)
     p.add_argument("--lo", type=float, default=1.0)
+    p.add_argument("--initial-mode", default="euclidean", choices=("euclidean", "spectral"))
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--val-batches", type=int, default=8)
     p.add_argument("--max-chars", type=int, default=2_000_000)
