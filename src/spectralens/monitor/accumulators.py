@@ -200,7 +200,8 @@ class LayerProbe:
             hit = self.cache.get(inp, self.gram_dtype) if self.cache is not None else None
             if hit is None:
                 A = x.reshape(-1, d).to(self.gram_dtype)
-                hit = (A.T @ A, (A * A).sum(dtype=torch.float64), A.shape[0])
+                G = A.T @ A
+                hit = (G, G.diagonal().sum(dtype=torch.float64), A.shape[0])  # ||A||_F^2 = trace(A^T A)
                 if self.cache is not None:
                     self.cache.put(inp, self.gram_dtype, hit)
             self._add_gram(*hit)
