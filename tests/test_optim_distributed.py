@@ -77,13 +77,17 @@ def _run_kind(mode: str, kind: str, out: str, rank: int) -> None:
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import Shard
         for layer in model:
             if isinstance(layer, nn.Linear):
                 fully_shard(layer)
         fully_shard(model)
         opt = _optimizer(model, kind)
         _train(model, opt, rank)
+        w = model[2].weight  # the layout the gather-to-owner path needs: 1-D mesh, Shard(0)
+        layout_ok = w.device_mesh.ndim == 1 and tuple(w.placements) == (Shard(0),)
         params = {k: v.full_tensor().detach().clone() for k, v in model.state_dict().items()}
+        params["__layout_ok__"] = torch.tensor(layout_ok)
     muon_mod.orthogonalize = real
     params["__matrices__"] = torch.tensor(counted["matrices"])
     torch.save(params, os.path.join(out, f"{kind}_rank{rank}.pt"))
@@ -149,7 +153,9 @@ def test_ddp_ranks_identical_and_equal_single_process(tmp_path_factory, kind):
 @pytest.mark.parametrize("kind", ["muon", "hybrid"])
 def test_fsdp2_ranks_identical_and_equal_single_process(tmp_path_factory, kind):
     """FSDP2 (fully_shard, DTensor params): gather, orthogonalise on the owner, scatter shards."""
-    _check(_launch("fsdp", kind, tmp_path_factory), kind, "fsdp")
+    ranks = _launch("fsdp", kind, tmp_path_factory)
+    assert all(bool(r.pop("__layout_ok__")) for r in ranks)
+    _check(ranks, kind, "fsdp")
 
 
 def test_chunk_bounds_cover_everything_once():

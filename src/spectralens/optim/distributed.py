@@ -13,12 +13,11 @@ orthogonalised updates shaped like the inputs.
   orthogonalises its chunk in one batched call, and ``all_gather`` assembles the result on
   every rank. Every rank then applies bit-identical updates. (Same work division as
   KellerJordan/Muon, done per same-shape bucket as in modded-nanogpt.)
-* :func:`orthogonalize_dtensors` - FSDP2 (``fully_shard``) DTensor parameters: the full update
-  of each parameter is gathered (``full_tensor``, an all-gather), parameter i of the bucket is
-  orthogonalised by rank (i + first_rank) mod world (batched with the others it owns), and
-  ``distribute_tensor(..., src_data_rank=owner)`` scatters each rank its shard. Communication
-  is an all-gather plus a scatter per parameter (Moonlight's "distributed Muon" gathers only to
-  the owner; that would halve the traffic and is not done here).
+* :func:`orthogonalize_dtensors` - FSDP2 (``fully_shard``) DTensor parameters: parameter i of
+  the bucket is owned by rank (i + first_rank) mod world; its update shards are gathered to the
+  owner only (``gather``; Moonlight's "distributed Muon"), the owner orthogonalises all it owns
+  in one batched call, and ``distribute_tensor(..., src_data_rank=owner)`` scatters each rank
+  its shard back. Communication per parameter: one gather and one scatter of its size.
 """
 from __future__ import annotations
 
@@ -87,18 +86,47 @@ def orthogonalize_replicated(mats, shapes, fn, dtype: torch.dtype, group=None,
     return _unstack(torch.cat(ordered)[:total], mats, shapes)
 
 
+def _gather_to_owner(m, owner: int) -> torch.Tensor | None:
+    """The full tensor of a 1-D-mesh, Shard(0) DTensor on rank ``owner`` only (None elsewhere).
+
+    Shards follow torch.chunk: rank r holds rows [r p, min((r+1) p, n)), p = ceil(n / world);
+    each is zero-padded to p rows so one ``gather`` collects them. Other layouts: full_tensor.
+    """
+    from torch.distributed.tensor import Shard
+
+    mesh = m.device_mesh
+    if mesh.ndim != 1 or tuple(m.placements) != (Shard(0),):
+        return m.full_tensor()
+    pg, world = mesh.get_group(), mesh.size()
+    n, per = m.shape[0], -(-m.shape[0] // mesh.size())
+    local = m.to_local()
+    padded = torch.zeros((per,) + tuple(m.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    me = mesh.get_local_rank()
+    bufs = [torch.empty_like(padded) for _ in range(world)] if me == owner else None
+    dist.gather(padded, bufs, dst=dist.get_global_rank(pg, owner), group=pg)
+    return torch.cat(bufs)[:n] if me == owner else None
+
+
 def orthogonalize_dtensors(mats, shapes, fn, dtype: torch.dtype, group=None,
                            first_rank: int = 0) -> list[torch.Tensor]:
-    """FSDP2: gather each full update, orthogonalise on its owner, scatter the shards back.
+    """FSDP2: gather each update on its owning rank, orthogonalise there, scatter the shards.
 
-    Parameter i of the bucket is owned by rank (i + first_rank) mod world.
+    Parameter i of the bucket is owned by rank (i + first_rank) mod world. Needs a 1-D device
+    mesh (FSDP2's default); on a multi-dimensional mesh (HSDP, FSDP+TP) every rank gathers and
+    orthogonalises every matrix itself and keeps its own shard (correct, no work division).
     """
     from torch.distributed.tensor import distribute_tensor
 
-    world = mats[0].device_mesh.size()
-    rank = mats[0].device_mesh.get_local_rank()
-    fulls = [m.full_tensor() for m in mats]  # collective, same order on every rank
+    mesh = mats[0].device_mesh
+    if mesh.ndim != 1:
+        fulls = [m.full_tensor() for m in mats]
+        outs = orthogonalize_local(fulls, shapes, fn)
+        return [distribute_tensor(o.contiguous(), m.device_mesh, m.placements, src_data_rank=None)
+                for o, m in zip(outs, mats)]
+    world, rank = mesh.size(), mesh.get_local_rank()
     owner = [(i + first_rank) % world for i in range(len(mats))]
+    fulls = [_gather_to_owner(m, owner[i]) for i, m in enumerate(mats)]  # same order on all ranks
     owned = [i for i in range(len(mats)) if owner[i] == rank]
     results: dict[int, torch.Tensor] = {}
     if owned:
@@ -106,7 +134,6 @@ def orthogonalize_dtensors(mats, shapes, fn, dtype: torch.dtype, group=None,
         results = dict(zip(owned, outs))
     shards = []
     for i, m in enumerate(mats):
-        full = results[i] if i in results else torch.empty(m.shape, dtype=dtype, device=fulls[i].device)
-        shards.append(distribute_tensor(full.contiguous(), m.device_mesh, m.placements,
-                                        src_data_rank=owner[i]))
+        full = results[i] if i in results else torch.empty(m.shape, dtype=dtype, device=m.device)
+        shards.append(distribute_tensor(full.contiguous(), mesh, m.placements, src_data_rank=owner[i]))
     return shards
