@@ -327,8 +327,9 @@ def _figures(runs: list[dict], cfg: AlphaDecayReproConfig, out_dir: Path) -> lis
         ax.bar(np.arange(len(kinds)) + (j - 1) * width, vals, width, label=label)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.axvline(3.5, color="gray", lw=0.8)
-    lo = min(min(r["init_alphas"].values()) for r in runs) * 0.9
-    ax.set_ylim(lo, None)
+    finite = [v for r in runs for key in ("init_alphas", "final_alphas") for v in r[key].values() if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(0.9 * min(finite), None)
     ax.set_ylabel("Hill alpha (mean over blocks, seeds)")
     ax.set_title("alpha by module kind: attention | MLP")
     ax.legend(fontsize=8)
