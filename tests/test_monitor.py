@@ -17,7 +17,7 @@ FIELDS = ("st_act", "nr_grad", "ratio", "grad_fro", "grad_op", "weight_op", "st_
 
 def _check_against_reference(model, loss_fn, *, gram_dtype=torch.float32, rtol=2e-4, layers=None):
     """One training step with both the monitor and the explicit recorder; compare every layer."""
-    mon = SpectralMonitor(model, every=1, layers=layers, gram_dtype=gram_dtype, alpha_every=1)
+    mon = SpectralMonitor(model, every=1, layers=layers, gram_dtype=gram_dtype, alpha_every=1, weight_every=1)
     modules = {p.name: p.module for p in mon.probes}
     rec = InputRecorder(modules)
     model.zero_grad()

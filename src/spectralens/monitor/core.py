@@ -25,7 +25,7 @@ monitored steps: the constructor arms them for step 0; ``step()`` closes step s 
 and emitting records if s was monitored, then removing the hooks and freeing the Grams),
 advances the counter to s + 1, and arms the hooks again only if s + 1 is monitored.
 Unmonitored steps run with no hook in the model. Every ``alpha_every``-th monitored step
-also computes the Hill alpha of each weight.
+also computes the Hill alpha of each weight, every ``weight_every``-th its ||W||_op and st(W).
 
 **Faults.** Nothing raised inside the monitor reaches the training loop: a failing or
 non-finite metric is recorded as NaN with a ``status`` string and warns once per layer; a
@@ -72,14 +72,17 @@ class SpectralMonitor:
         run_dir: if given, write ``monitor.jsonl``, ``monitor.csv`` and ``meta.json`` there
             (what ``spectralens report RUN_DIR`` reads).
         gram_dtype: dtype of the accumulated activation Grams, float32 (default) or float64.
-        weight_stats: also compute ||W||_op and st(W) (one eigendecomposition per weight).
+        weight_stats: also compute ||W||_op and st(W) (one eigendecomposition per weight) ...
+        weight_every: ... every this many monitored steps (default 10: weights move slowly and this
+            is a third of the metric cost; 1 = every monitored step). Shares the eigenvalues with
+            alpha when both are due.
         keep_records: keep records in memory for :meth:`records` / :meth:`summary`
             (small dicts, ~22 scalars each); ``max_records`` bounds how many.
     """
 
     def __init__(self, model: nn.Module, *, every: int = DEFAULT_EVERY, layers: LayerSelector = None,
                  sinks: list[Sink] | tuple = (), alpha_every: int = 10, run_dir: str | os.PathLike | None = None,
-                 gram_dtype: torch.dtype = torch.float32, weight_stats: bool = True,
+                 gram_dtype: torch.dtype = torch.float32, weight_stats: bool = True, weight_every: int = 10,
                  keep_records: bool = True, max_records: int | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -87,6 +90,8 @@ class SpectralMonitor:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         if not isinstance(alpha_every, int) or alpha_every < 0:
             raise ValueError(f"alpha_every must be a non-negative integer, got {alpha_every!r}")
+        if not isinstance(weight_every, int) or weight_every < 1:
+            raise ValueError(f"weight_every must be a positive integer, got {weight_every!r}")
         if gram_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"gram_dtype must be torch.float32 or torch.float64, got {gram_dtype}")
         for s in sinks:
@@ -100,6 +105,7 @@ class SpectralMonitor:
         self._cache = InputGramCache()  # q/k/v (and up/gate) share one input: one Gram per input tensor
         self.probes = [LayerProbe(n, m, f, layer_kind(n, m), gram_dtype, self._cache) for n, m, f in selected]
         self.every, self.alpha_every, self.weight_stats = every, alpha_every, weight_stats
+        self.weight_every = weight_every
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
         self.sinks: list[Sink] = list(sinks)
         self._memory = MemorySink(max_records) if keep_records else None
@@ -207,6 +213,7 @@ class SpectralMonitor:
 
         os.makedirs(self.run_dir, exist_ok=True)
         meta = {"spectralens": __version__, "every": self.every, "alpha_every": self.alpha_every,
+                "weight_every": self.weight_every if self.weight_stats else 0,
                 "fields": list(RECORD_FIELDS),
                 "layers": [{"layer": p.name, "kind": p.kind, "family": p.family} for p in self.probes]}
         with open(os.path.join(self.run_dir, "meta.json"), "w", encoding="utf-8") as fh:
@@ -218,9 +225,10 @@ class SpectralMonitor:
             if not self._rank0:
                 return []
         with_alpha = self.alpha_every > 0 and self._n_monitored % self.alpha_every == 0
+        with_weight = self.weight_stats and self._n_monitored % self.weight_every == 0
         self._act_memo: list[tuple[torch.Tensor, dict]] = []
         try:
-            return [self._layer_record(p, with_alpha) for p in self.probes]
+            return [self._layer_record(p, with_alpha, with_weight) for p in self.probes]
         finally:
             self._act_memo = []
 
@@ -233,7 +241,7 @@ class SpectralMonitor:
         self._act_memo.append((gram, stats))
         return stats
 
-    def _layer_record(self, p: LayerProbe, with_alpha: bool) -> dict:
+    def _layer_record(self, p: LayerProbe, with_alpha: bool, with_weight: bool) -> dict:
         t0 = time.perf_counter()
         rec = {"step": self._step, "layer": p.name, "kind": p.kind, "family": p.family}
         rec.update({k: _NAN for k in ("nr_grad", "st_act", "grad_fro", "grad_op", "st_grad", "weight_op",
@@ -265,10 +273,10 @@ class SpectralMonitor:
                     rec.update(gradient_stats(weight_matrix(grad, p.family)))
             except Exception as exc:
                 problems.append(f"gradient: {exc}")
-            if self.weight_stats or with_alpha:
+            if with_weight or with_alpha:
                 try:
                     ws = weight_stats(weight_matrix(p.module.weight, p.family), alpha=with_alpha)
-                    if not self.weight_stats:
+                    if not with_weight:
                         ws = {"alpha": ws["alpha"]}
                     rec.update(ws)
                 except Exception as exc:
