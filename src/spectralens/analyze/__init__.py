@@ -35,8 +35,8 @@ __all__ = ["Analysis", "run_analysis", "analyze", "summarize", "select_refs", "S
            "COLUMNS", "SUMMARY_METRICS"]
 
 DEFAULT_MIN_EVALS = 8  # WeightWatcher 0.7.7 DEFAULT_MIN_EVALS: fewer pooled eigenvalues -> no fit
-_BATCH_BYTES = 32 << 20  # Grams queued for one batched eigensolve (bounded so memory stays small)
-_BATCH_MAX = 16
+_BATCH_BYTES = 16 << 20  # Grams queued for one batched eigensolve: at most this many bytes,
+_BATCH_MAX = 32          # this many matrices, and half the largest tensor (so memory follows it)
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ def run_analysis(
         tied: dict[int, int] = {}
         pending: dict[int, GramBatch] = {}
         done = 0
+        batch_bytes = min(_BATCH_BYTES, max((r.numel * 4 for r in refs), default=0) // 2)
 
         def emit(i: int) -> None:
             nonlocal done
@@ -185,7 +186,7 @@ def run_analysis(
             k = int(C.shape[-1])
             batch = pending.setdefault(k, GramBatch(k))
             batch.add(i, C, scale)
-            if batch.count >= _BATCH_MAX or batch.count * k * k * C.element_size() >= _BATCH_BYTES:
+            if batch.count >= _BATCH_MAX or batch.count * k * k * C.element_size() >= batch_bytes:
                 finish(batch.solve())
         for batch in pending.values():
             finish(batch.solve())

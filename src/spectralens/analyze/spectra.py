@@ -31,7 +31,9 @@ def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Ten
     if W.shape[-2] < W.shape[-1]:
         W = W.transpose(-2, -1)
     B, n, m = W.shape
-    chunk = max(1, CHUNK_ELEMENTS // max(1, B * m))
+    # at most CHUNK_ELEMENTS per converted block, and at most a quarter of the rows (>= 256), so the
+    # float64 working copy stays below half of a float32 tensor: peak memory ~1.5x the tensor
+    chunk = max(1, min(CHUNK_ELEMENTS // max(1, B * m), max(256, -(-n // 4))))
     if chunk >= n:
         Wd = W.to(dtype)
         return Wd.transpose(-2, -1) @ Wd

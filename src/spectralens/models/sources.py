@@ -139,21 +139,25 @@ def _open_safetensors(path: Path) -> tuple[list[TensorRef], Callable[[], None]]:
 
     size = path.stat().st_size
     try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-        keys = list(handle.keys())
-        metas = []
-        for key in keys:
-            sl = handle.get_slice(key)
-            metas.append((key, tuple(int(s) for s in sl.get_shape()), sl.get_dtype()))
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metas = []
+            for key in handle.keys():
+                sl = handle.get_slice(key)
+                metas.append((key, tuple(int(s) for s in sl.get_shape()), sl.get_dtype()))
     except Exception as exc:  # SafetensorError, OSError, ... -> one line naming the file
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"{path}: not a readable safetensors file ({size} bytes): {msg}") from None
 
     def load(key: str) -> torch.Tensor:
+        # A fresh handle per tensor: safe_open memory-maps the file, and pages read through a
+        # handle that stays open stay resident (RSS grows by every tensor read). Closing it after
+        # each tensor keeps peak memory at about one tensor.
         try:
-            return handle.get_tensor(key)
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return handle.get_tensor(key)
         except Exception as exc:
-            raise SourceError(f"{path}: cannot read tensor {key!r}: {exc}") from None
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceError(f"{path}: cannot read tensor {key!r}: {msg}") from None
 
     refs = []
     for key, shape, dt in metas:
