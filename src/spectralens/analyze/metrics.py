@@ -17,12 +17,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-
 from ..fit import PowerLawFit
-from ..linalg import numerical_rank_from_eigenvalues, spectral_entropy_from_eigenvalues
 
-__all__ = ["COLUMNS", "SUMMARY_METRICS", "empty_row", "norm_metrics", "fit_columns"]
+__all__ = ["COLUMNS", "SUMMARY_METRICS", "empty_row", "norm_metrics", "fit_columns", "gram_rank"]
 
 # Output columns, in order. WeightWatcher names wherever the quantity is the same.
 COLUMNS = [
@@ -51,15 +48,31 @@ def norm_metrics(evals: np.ndarray, N: int) -> dict:
     """Norm-type metrics of an ascending ESD (no fit needed)."""
     lam_max = float(evals[-1]) if evals.size else math.nan
     norm = float(evals.sum())
-    t = torch.from_numpy(np.ascontiguousarray(evals))
+    rank = gram_rank(evals, N)
+    entropy = math.nan
+    if lam_max > 0:
+        p = evals / norm + 1e-10  # WeightWatcher's matrix_entropy, with its 1e-10 guards
+        entropy = float(-(p * np.log(p)).sum() / math.log(rank + 1e-10)) if rank > 1 else 0.0
     return {
         "lambda_max": lam_max, "spectral_norm": lam_max, "norm": norm,
         "log_norm": _log10(norm), "log_spectral_norm": _log10(lam_max),
         "stable_rank": norm / lam_max if lam_max > 0 else math.nan,
-        "entropy": float(spectral_entropy_from_eigenvalues(t, int(N))) if lam_max > 0 else math.nan,
-        "matrix_rank": int(numerical_rank_from_eigenvalues(t, int(N))) if lam_max > 0 else 0,
-        "num_evals": int(evals.size),
+        "entropy": entropy, "matrix_rank": rank, "num_evals": int(evals.size),
     }
+
+
+def gram_rank(evals: np.ndarray, N: int) -> int:
+    """Numerical rank from Gram eigenvalues: #{lambda > lambda_max * N * eps}.
+
+    The threshold is on lambda, not on sqrt(lambda) as numpy's matrix_rank does on singular
+    values: eigenvalues of a Gram matrix carry absolute errors ~ eps * lambda_max, so the
+    square roots of the zero eigenvalues sit near sqrt(eps) * s_max, far above numpy's
+    tolerance. For matrices of full numerical rank both rules agree (so does the entropy).
+    """
+    if evals.size == 0 or not evals[-1] > 0:
+        return 0
+    eps = np.finfo(evals.dtype if evals.dtype in (np.float32, np.float64) else np.float64).eps
+    return int((evals > evals[-1] * int(N) * eps).sum())
 
 
 def fit_columns(fit: PowerLawFit, evals: np.ndarray, lam_max: float) -> dict:
