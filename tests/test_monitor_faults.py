@@ -60,7 +60,7 @@ def test_exceptions_inside_metrics_and_sinks_never_raise(monkeypatch):
         def write(self, records):
             raise OSError("disk full")
 
-    def boom(G):
+    def boom(G, method="gram"):
         raise RuntimeError("eigensolver failed")
 
     monkeypatch.setattr(monitor_core, "gradient_stats", boom)

@@ -28,7 +28,7 @@ def _loss(W, A, Y):
     return float(((W @ A - Y) ** 2).sum() / (2 * A.shape[1]))
 
 
-def _run(A: torch.Tensor, G0: torch.Tensor) -> dict:
+def _run(A: torch.Tensor, G0: torch.Tensor, grad_method: str = "gram") -> dict:
     """Build the problem, read nr/st from the monitor, take both optimal steps."""
     n = A.shape[1]
     W0 = torch.randn(D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -37,7 +37,7 @@ def _run(A: torch.Tensor, G0: torch.Tensor) -> dict:
     layer = nn.Linear(D, D, bias=False).double()
     with torch.no_grad():
         layer.weight.copy_(W0)
-    with SpectralMonitor(layer, every=1, gram_dtype=torch.float64) as mon:
+    with SpectralMonitor(layer, every=1, gram_dtype=torch.float64, grad_method=grad_method) as mon:
         out = layer(A.T)  # rows = samples
         (((out - Y.T) ** 2).sum() / (2 * n)).backward()
         rec = mon.step()[0]
@@ -93,6 +93,8 @@ def test_gd_guarantee_wins_when_nr_below_st():
     res = _run(_isotropic_A(), _gradient(rank=1))
     rec = res["rec"]
     assert rec["st_act"] == pytest.approx(D, rel=1e-9) and rec["nr_grad"] == pytest.approx(1.0, rel=1e-6)
+    exact = _run(_isotropic_A(), _gradient(rank=1), grad_method="svd")["rec"]
+    assert exact["nr_grad"] == pytest.approx(1.0, rel=1e-12)  # the SVD path is exact for rank-1 G
     assert rec["cond"] is False
     assert res["guar_gd"] > res["guar_spec"]
     actual = _check_bracket(res)

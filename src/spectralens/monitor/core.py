@@ -76,6 +76,8 @@ class SpectralMonitor:
         weight_every: ... every this many monitored steps (default 10: weights move slowly and this
             is a third of the metric cost; 1 = every monitored step). Shares the eigenvalues with
             alpha when both are due.
+        grad_method: ``"gram"`` (default: eigenvalues of the smaller Gram of G) or ``"svd"``
+            (a float64 SVD of G: slower, exact for numerically low-rank gradients).
         keep_records: keep records in memory for :meth:`records` / :meth:`summary`
             (small dicts, ~22 scalars each); ``max_records`` bounds how many.
     """
@@ -83,7 +85,7 @@ class SpectralMonitor:
     def __init__(self, model: nn.Module, *, every: int = DEFAULT_EVERY, layers: LayerSelector = None,
                  sinks: list[Sink] | tuple = (), alpha_every: int = 10, run_dir: str | os.PathLike | None = None,
                  gram_dtype: torch.dtype = torch.float32, weight_stats: bool = True, weight_every: int = 10,
-                 keep_records: bool = True, max_records: int | None = None):
+                 grad_method: str = "gram", keep_records: bool = True, max_records: int | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -92,6 +94,8 @@ class SpectralMonitor:
             raise ValueError(f"alpha_every must be a non-negative integer, got {alpha_every!r}")
         if not isinstance(weight_every, int) or weight_every < 1:
             raise ValueError(f"weight_every must be a positive integer, got {weight_every!r}")
+        if grad_method not in ("gram", "svd"):
+            raise ValueError(f"grad_method must be 'gram' or 'svd', got {grad_method!r}")
         if gram_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"gram_dtype must be torch.float32 or torch.float64, got {gram_dtype}")
         for s in sinks:
@@ -105,7 +109,7 @@ class SpectralMonitor:
         self._cache = InputGramCache()  # q/k/v (and up/gate) share one input: one Gram per input tensor
         self.probes = [LayerProbe(n, m, f, layer_kind(n, m), gram_dtype, self._cache) for n, m, f in selected]
         self.every, self.alpha_every, self.weight_stats = every, alpha_every, weight_stats
-        self.weight_every = weight_every
+        self.weight_every, self.grad_method = weight_every, grad_method
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
         self.sinks: list[Sink] = list(sinks)
         self._memory = MemorySink(max_records) if keep_records else None
@@ -270,7 +274,7 @@ class SpectralMonitor:
                 if p.family == "norm":
                     rec.update(gain_gradient_stats(grad))
                 else:
-                    rec.update(gradient_stats(weight_matrix(grad, p.family)))
+                    rec.update(gradient_stats(weight_matrix(grad, p.family), self.grad_method))
             except Exception as exc:
                 problems.append(f"gradient: {exc}")
             if with_weight or with_alpha:

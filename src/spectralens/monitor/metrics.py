@@ -104,10 +104,11 @@ def token_stats(counts: torch.Tensor) -> dict:
     return {"st_act": n / top if top > 0 else _NAN, "act_fro2": n, "act_op2": top}
 
 
-def gradient_stats(G: torch.Tensor) -> dict:
+def gradient_stats(G: torch.Tensor, method: str = "gram") -> dict:
     """nr(G), ||G||_F, ||G||_op and st(G) of a gradient matrix (out, in) from eigenvalues of
-    its smaller Gram in float64 (lambda_i = s_i^2)."""
-    ev = eigenvalues(G.detach(), dtype=torch.float64, method="gram")
+    its smaller Gram in float64 (lambda_i = s_i^2); ``method="svd"`` uses a float64 SVD
+    instead (slower; exact small singular values, e.g. for a numerically low-rank G)."""
+    ev = eigenvalues(G.detach(), dtype=torch.float64, method=method)
     fro2 = float(ev.sum())
     return {
         "nr_grad": float(nuclear_rank_from_eigenvalues(ev)),
