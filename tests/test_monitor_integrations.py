@@ -82,3 +82,31 @@ def test_missing_extra_gives_a_clear_import_error(monkeypatch, module, missing, 
     with pytest.raises(ImportError, match=rf"pip install spectralens\[{extra}\]"):
         importlib.import_module(name)
     monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_hf_conv1d_matches_reference():
+    """GPT-2's Conv1D stores its weight (in, out): A is the input, G the transposed gradient."""
+    transformers = pytest.importorskip("transformers")
+    from reference_monitor import InputRecorder, grad_ref, st_ref
+    from spectralens.monitor import SpectralMonitor
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16,
+                                                                 n_layer=1, n_head=2))
+    names = ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"]
+    mods = dict(model.named_modules())
+    mon = SpectralMonitor(model, every=1, layers=names)
+    rec = InputRecorder({n: mods[n] for n in names})
+    idx = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(0))
+    model(input_ids=idx, labels=idx).loss.backward()
+    recs = {r["layer"]: r for r in mon.step()}
+    rec.remove()
+    mon.close()
+    for n in names:
+        W = mods[n].weight
+        A = torch.cat([x.reshape(-1, W.shape[0]) for x in rec.inputs[n]])
+        ref = grad_ref(W.grad.T)
+        assert recs[n]["family"] == "hf_conv1d"
+        assert recs[n]["st_act"] == pytest.approx(st_ref(A), rel=2e-4)
+        assert recs[n]["nr_grad"] == pytest.approx(ref["nr_grad"], rel=1e-6)
+        assert recs[n]["grad_op"] == pytest.approx(ref["grad_op"], rel=1e-6)
