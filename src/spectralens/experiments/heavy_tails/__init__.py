@@ -1,7 +1,7 @@
 """Reproduction: heavy tails without gradient noise (Kothapalli et al., arXiv 2406.04657).
 
 Two-layer teacher-student network (``setup``), GD and Adam over the paper's learning-rate
-sweep {0.001 ... 3000}, 10 full-batch steps each; after every step the ESD of W^T W, Hill and
+sweep {0.001 ... 3000}, 10 full-batch steps each; after steps 1, 5, 10 the ESD of W^T W, Hill and
 KS alpha, kernel-target alignment, |<v1, beta*>|, ridge-refit test MSE (``metrics``, ``sweep``);
 singular-vector overlaps of W_t and the update M_t for the featured runs; figures
 (``figures``) and the paper's claims checked with fixed thresholds (``claims``).
@@ -25,7 +25,7 @@ from .figures import plot_all
 from .setup import PAPER_LRS, HeavyTailsConfig
 from .sweep import run_sweep
 
-__all__ = ["run", "config_for", "HeavyTailsConfig", "NAME", "TITLE", "PAPER"]
+__all__ = ["run", "config_for", "HeavyTailsConfig", "PAPER_LRS", "NAME", "TITLE", "PAPER"]
 
 NAME = "heavy-tails"
 TITLE = "Heavy tails in the weight spectrum without gradient noise"
