@@ -29,7 +29,7 @@ import torch
 from ..fit import fit_marchenko_pastur, fit_power_law
 from ..models import SourceError, SourceNotFound, TensorRef, as_matrices, dtype_skip_reason, matrix_dims, open_source
 from .metrics import COLUMNS, SUMMARY_METRICS, empty_row, fit_columns, norm_metrics
-from .spectra import GramBatch, gram_batch
+from .spectra import GramBatch, gram_batch, is_finite
 
 __all__ = ["Analysis", "run_analysis", "analyze", "summarize", "select_refs", "SourceError", "SourceNotFound",
            "COLUMNS", "SUMMARY_METRICS"]
@@ -175,7 +175,7 @@ def run_analysis(
             W = ref.load()
             mats, scale = as_matrices(W, conv)
             C = gram_batch(mats, cdtype)
-            if not bool(torch.isfinite(C).all()):
+            if not is_finite(C):
                 bad = int((~torch.isfinite(W)).sum()) if W.is_floating_point() else 0
                 status = (f"non-finite weights: {bad} NaN/Inf entries" if bad
                           else "non-finite Gram matrix (overflow)")

@@ -18,15 +18,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["gram_batch", "GramBatch", "CHUNK_ELEMENTS"]
+__all__ = ["gram_batch", "GramBatch", "CHUNK_ELEMENTS", "is_finite"]
 
 CHUNK_ELEMENTS = 1 << 21  # elements of one converted row chunk (16 MiB in float64)
+# CPU maths through numpy (OpenBLAS/LAPACK) rather than torch. Mixing the two is the worst case:
+# torch's OpenMP threads keep spinning after each torch op and starve numpy's BLAS threads.
+USE_NUMPY = True
 
 
 def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(B, n, m) -> (B, k, k) smaller Gram of every matrix, k = min(n, m), accumulated by row chunks.
 
-    Rows are converted to ``dtype`` one chunk at a time (about ``CHUNK_ELEMENTS`` elements).
+    Rows are converted to ``dtype`` one chunk at a time (at most ``CHUNK_ELEMENTS`` elements and
+    a quarter of the rows). On the CPU the products go through numpy: ``X.T @ X`` on one buffer
+    is a symmetric rank-k update (BLAS syrk, n m^2 flops instead of 2 n m^2), measured ~1.7x
+    faster than torch's general matmul here. Returns a CPU tensor sharing numpy's memory.
     """
     if W.shape[-2] < W.shape[-1]:
         W = W.transpose(-2, -1)
@@ -34,14 +40,30 @@ def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Ten
     # at most CHUNK_ELEMENTS per converted block, and at most a quarter of the rows (>= 256), so the
     # float64 working copy stays below half of a float32 tensor: peak memory ~1.5x the tensor
     chunk = max(1, min(CHUNK_ELEMENTS // max(1, B * m), max(256, -(-n // 4))))
-    if chunk >= n:
-        Wd = W.to(dtype)
-        return Wd.transpose(-2, -1) @ Wd
-    C = torch.zeros(B, m, m, dtype=dtype, device=W.device)
-    for start in range(0, n, chunk):
-        block = W[:, start:start + chunk, :].to(dtype)
-        C.baddbmm_(block.transpose(-2, -1), block)
-    return C
+    if W.device.type != "cpu" or not USE_NUMPY:
+        C = torch.zeros(B, m, m, dtype=dtype, device=W.device)
+        for start in range(0, n, chunk):
+            block = W[:, start:start + chunk, :].to(dtype)
+            C.baddbmm_(block.transpose(-2, -1), block)
+        return C
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    if W.dtype in (torch.float32, torch.float64, torch.float16):
+        Wn = W.numpy()  # no torch compute: see USE_NUMPY
+    else:  # bfloat16 (numpy has no such dtype): widen the (small) view once
+        Wn = W.to(torch.float32).numpy()
+    C = np.zeros((B, m, m), dtype=np_dtype)
+    for b in range(B):
+        for start in range(0, n, chunk):
+            block = Wn[b, start:start + chunk, :].astype(np_dtype)
+            C[b] += block.T @ block  # syrk: same buffer, transposed
+    return torch.from_numpy(C)
+
+
+def is_finite(C: torch.Tensor) -> bool:
+    """All entries finite (numpy on the CPU, so no torch thread pool is woken)."""
+    if C.device.type == "cpu" and USE_NUMPY:
+        return bool(np.isfinite(C.numpy()).all())
+    return bool(torch.isfinite(C).all())
 
 
 @dataclass
@@ -68,13 +90,13 @@ class GramBatch:
         items, self.items = self.items, []
         stack = torch.cat([C for _, C, _ in items]) if len(items) > 1 else items[0][1]
         try:
-            per_item = _split(torch.linalg.eigvalsh(stack), [int(C.shape[0]) for _, C, _ in items])
-        except RuntimeError:  # one matrix failed to converge: solve them one by one
+            per_item = _split(_eigvalsh(stack), [int(C.shape[0]) for _, C, _ in items])
+        except (RuntimeError, np.linalg.LinAlgError):  # one matrix failed to converge: one by one
             per_item = []
             for _, C, _ in items:
                 try:
-                    per_item.append(torch.linalg.eigvalsh(C))
-                except RuntimeError:
+                    per_item.append(_eigvalsh(C))
+                except (RuntimeError, np.linalg.LinAlgError):
                     per_item.append(None)
         out = {}
         for (key, _, scale), ev in zip(items, per_item):
@@ -86,6 +108,14 @@ class GramBatch:
                 ev = ev * scale
             out[key] = np.sort(ev)
         return out
+
+
+def _eigvalsh(C: torch.Tensor) -> torch.Tensor:
+    """Batched symmetric eigenvalues. CPU: numpy's LAPACK (measured 1.5-10x faster than
+    torch.linalg.eigvalsh for 768 x 768 float64 on a busy 2-core machine; equal when idle)."""
+    if C.device.type == "cpu" and USE_NUMPY:
+        return torch.from_numpy(np.linalg.eigvalsh(C.numpy()))
+    return torch.linalg.eigvalsh(C)
 
 
 def _split(evals: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
