@@ -13,7 +13,8 @@ WeightWatcher analysed, with the same fit (KS, mp_fit=False). Also spectralens o
 
 Printed: wall time, ratio WW/ours, peak resident memory above the baseline (VmHWM after
 resetting it through /proc/self/clear_refs), max |alpha difference| over common layers, and
-the floor: FLOPs of the Gram products (2 n m^2 per n x m matrix, n >= m) and eigensolves
+the floor: FLOPs of the Gram products (n m^2 per n x m matrix, n >= m: a symmetric rank-k
+update computes half of the 2 n m^2 of a general product) and eigensolves
 (~4/3 m^3 for the tridiagonal reduction, the dominant part of an eigenvalues-only solve) over
 the measured float64 (or float32) matmul rate; time/floor says how far from that we are.
 Finally: peak RSS when analysing the model saved as one .safetensors file, vs its largest tensor.
@@ -78,7 +79,7 @@ def _time(fn) -> float:
 
 
 def floor_flops(df) -> float:
-    """Sum over layers of B * (2 n m^2 + 4/3 m^3); n, m from the rows (rf = number of slices B)."""
+    """Sum over layers of B * (n m^2 + 4/3 m^3); n, m from the rows (rf = number of slices B)."""
     flops = 0.0
     for rec in df.to_dict(orient="records"):
         shape = [int(s) for s in str(rec["shape"]).split("x")]
@@ -87,7 +88,7 @@ def floor_flops(df) -> float:
             n, m = max(shape[:2]), min(shape[:2])
         else:
             n, m = int(rec["N"]), int(rec["M"])
-        flops += B * (2.0 * n * m * m + 4.0 / 3.0 * m ** 3)
+        flops += B * (1.0 * n * m * m + 4.0 / 3.0 * m ** 3)
     return flops
 
 
