@@ -36,7 +36,8 @@ __all__ = ["Analysis", "run_analysis", "analyze", "summarize", "select_refs", "S
 
 DEFAULT_MIN_EVALS = 8  # WeightWatcher 0.7.7 DEFAULT_MIN_EVALS: fewer pooled eigenvalues -> no fit
 _BATCH_BYTES = 16 << 20  # Grams queued for one batched eigensolve: at most this many bytes,
-_BATCH_MAX = 32          # this many matrices, and half the largest tensor (so memory follows it)
+_BATCH_MAX = 32          # this many matrices, and half the largest tensor (so memory follows it),
+_MIN_BATCH = 2           # but at least 2 (the CPU eigensolves of a batch run on 2 cores at once)
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def run_analysis(
             k = int(C.shape[-1])
             batch = pending.setdefault(k, GramBatch(k))
             batch.add(i, C, scale)
-            if batch.count >= _BATCH_MAX or batch.count * k * k * C.element_size() >= batch_bytes:
+            if batch.count >= _BATCH_MAX or (batch.count >= _MIN_BATCH and batch.count * k * k * C.element_size() >= batch_bytes):
                 finish(batch.solve())
         for batch in pending.values():
             finish(batch.solve())

@@ -13,6 +13,8 @@ soon as its Gram is formed: memory follows the largest tensor, not the model.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,7 +90,12 @@ class GramBatch:
         if not self.items:
             return {}
         items, self.items = self.items, []
-        stack = torch.cat([C for _, C, _ in items]) if len(items) > 1 else items[0][1]
+        if len(items) == 1:
+            stack = items[0][1]
+        elif items[0][1].device.type == "cpu":  # numpy concatenate: no torch thread pool woken
+            stack = torch.from_numpy(np.concatenate([C.numpy() for _, C, _ in items]))
+        else:
+            stack = torch.cat([C for _, C, _ in items])
         try:
             per_item = _split(_eigvalsh(stack), [int(C.shape[0]) for _, C, _ in items])
         except (RuntimeError, np.linalg.LinAlgError):  # one matrix failed to converge: one by one
@@ -119,9 +126,24 @@ def _eigvalsh(C: torch.Tensor) -> torch.Tensor:
     synchronisation). The Gram products keep all threads.
     """
     if C.device.type == "cpu" and USE_NUMPY:
+        Cn = C.numpy().astype(np.float64, copy=False)  # LAPACK's dsyevd is as fast as ssyevd here
+        workers = min(_cpu_count(), Cn.shape[0])
         with _one_blas_thread():
-            return torch.from_numpy(np.linalg.eigvalsh(C.numpy()))
+            if workers < 2:
+                return torch.from_numpy(np.linalg.eigvalsh(Cn))
+            # several single-threaded LAPACK calls at once (numpy releases the GIL)
+            parts = np.array_split(np.arange(Cn.shape[0]), workers)
+            with ThreadPoolExecutor(workers) as pool:
+                outs = list(pool.map(lambda idx: np.linalg.eigvalsh(Cn[idx]), parts))
+            return torch.from_numpy(np.concatenate(outs))
     return torch.linalg.eigvalsh(C)
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 _CONTROLLER = None
