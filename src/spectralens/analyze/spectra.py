@@ -26,6 +26,7 @@ CHUNK_ELEMENTS = 1 << 21  # elements of one converted row chunk (16 MiB in float
 # CPU maths through numpy (OpenBLAS/LAPACK) rather than torch. Mixing the two is the worst case:
 # torch's OpenMP threads keep spinning after each torch op and starve numpy's BLAS threads.
 USE_NUMPY = True
+_THREADED_EIGH_MIN = 512  # from this size up, one multi-threaded LAPACK call per batch
 
 
 def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -118,15 +119,18 @@ class GramBatch:
 
 
 def _eigvalsh(C: torch.Tensor) -> torch.Tensor:
-    """Batched symmetric eigenvalues. CPU: numpy's LAPACK with ONE BLAS thread.
+    """Batched symmetric eigenvalues of Grams, through numpy's LAPACK on the CPU.
 
     Measured on the 2-core machine: torch.linalg.eigvalsh of a 768 x 768 float64 Gram took
-    0.06-0.4 s against numpy's 0.04 s; 15 Grams of 384 x 384 took 0.65 s with 2 OpenBLAS
-    threads and 0.13 s with 1 (the tridiagonal reduction is memory-bound; threads only add
-    synchronisation). The Gram products keep all threads.
+    0.04-0.4 s against numpy's 0.028-0.04 s. Small Grams (k < 512) are solved with ONE BLAS
+    thread per call, several calls in parallel threads: 15 Grams of 384 x 384 took 0.65 s with
+    2 OpenBLAS threads and 0.13 s with 1 on the busy machine. From k = 512 up numpy's own
+    threading wins (768: 0.028 s with 2 threads, 0.041 s with 1, quiet machine).
     """
     if C.device.type == "cpu" and USE_NUMPY:
         Cn = C.numpy().astype(np.float64, copy=False)  # LAPACK's dsyevd is as fast as ssyevd here
+        if Cn.shape[-1] >= _THREADED_EIGH_MIN:
+            return torch.from_numpy(np.linalg.eigvalsh(Cn))
         workers = min(_cpu_count(), Cn.shape[0])
         with _one_blas_thread():
             if workers < 2:
