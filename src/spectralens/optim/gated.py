@@ -25,7 +25,8 @@ last Linear, the output head, unless ``exclude_last=False``):
 * Euclidean step = AdamW: m, v EMAs (betas), bias correction, p -= lr * m_hat / (sqrt(v_hat) + eps);
 * spectral step = Muon: buf = mu buf + (1 - mu) G, Nesterov u = (1 - mu) G + mu buf (or buf),
   p -= lr * 0.2 sqrt(max(rows, cols)) * NS5(u) (the "match RMS of AdamW" scale of
-  Moonlight, so ONE learning rate serves both steps);
+  Moonlight, so ONE learning rate serves both steps); the momentum and the decayed, scaled
+  update are ``optim.muon``'s own helpers, so this is Muon's code, not a copy;
 * both states (Adam moments and Muon momentum) are updated every step whatever the mode,
   so a switch starts from warm statistics;
 * decoupled weight decay p *= 1 - lr * weight_decay on parameters with >= 2 dims;
@@ -50,30 +51,14 @@ import torch
 from torch import nn
 
 from ..linalg.norms import power_iteration
+from ..linalg.orthogonalize import orthogonalize_newton_schulz
 from ..linalg.ranks import nuclear_rank_from_eigenvalues
 from ..linalg.spectrum import eigenvalues
+from .muon import _apply_update, _ema_momentum, lr_scale
 
 __all__ = ["GatedSpectral", "st_from_monitor"]
 
 _MODES = ("euclidean", "spectral")
-
-
-def _orthogonalize(G: torch.Tensor, steps: int) -> torch.Tensor:
-    try:
-        from ..linalg.orthogonalize import orthogonalize_newton_schulz
-    except ImportError:  # pragma: no cover - the linalg module ships with the package
-        orthogonalize_newton_schulz = None
-    if orthogonalize_newton_schulz is not None:
-        return orthogonalize_newton_schulz(G, steps, dtype=torch.float32)
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.float()
-    tall = X.shape[0] > X.shape[1]
-    X = X.T if tall else X
-    X = X / X.norm().clamp_min(1e-7)
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tall else X
 
 
 def st_from_monitor(monitor) -> Callable[[str], float | None]:
@@ -273,18 +258,14 @@ class GatedSpectral(torch.optim.Optimizer):
                         st["spectral"] = False
                 self._history.append(dict(step=t, name=name, nr=nr, st=s, ratio=ratio,
                                           mode=_MODES[st["spectral"]], switched=st["spectral"] != old))
-            buf = st["momentum_buffer"]
-            mu = group["momentum"]
-            buf.lerp_(g, 1 - mu)
             spectral = st["spectral"]
+            # Muon's EMA momentum, kept warm in both modes; the Nesterov look-ahead only
+            # matters (and is only computed) for a spectral step.
+            u = _ema_momentum(st["momentum_buffer"], g, group["momentum"], group["nesterov"] and spectral)
             self._adamw(p, g, group, st, apply=not spectral)
             if spectral:
-                u = g.lerp(buf, mu) if group["nesterov"] else buf
-                O = _orthogonalize(u, group["ns_steps"]).to(p.dtype)
-                lr = group["lr"]
-                if group["weight_decay"]:
-                    p.mul_(1 - lr * group["weight_decay"])
-                p.add_(O, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))
+                O = orthogonalize_newton_schulz(u, group["ns_steps"], dtype=torch.float32)
+                _apply_update(p, O, group["lr"], group["weight_decay"], lr_scale("match_rms_adamw", *p.shape))
 
     # -- reporting -------------------------------------------------------------------------------
     def modes(self) -> dict[str, str]:

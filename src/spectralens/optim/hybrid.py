@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .muon import NS_COEFFICIENTS, _check_param, _validate, muon_step
+from .muon import NS_COEFFICIENTS, _check_params, _validate, muon_step
 
 __all__ = ["hybrid", "HybridOptimizer", "Assignment"]
 
@@ -104,8 +104,7 @@ class HybridOptimizer(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group["use_muon"]:
-            for p, name in zip(group["params"], group.get("param_names") or [None] * len(group["params"])):
-                _check_param(p, name)
+            _check_params(group)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -116,6 +116,13 @@ def _check_param(p: torch.Tensor, name: str | None) -> None:
             "e.g. with spectralens.optim.hybrid(model)")
 
 
+def _check_params(group: dict) -> None:
+    """``_check_param`` on every parameter of a Muon param group (named by ``param_names``)."""
+    names = group.get("param_names") or [None] * len(group["params"])
+    for p, name in zip(group["params"], names):
+        _check_param(p, name)
+
+
 class Muon(Optimizer):
     """Muon optimizer (see the module docstring for the update, shapes and limits).
 
@@ -159,10 +166,7 @@ class Muon(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         _validate(param_group, "Muon param group")
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        names = group.get("param_names") or [None] * len(group["params"])
-        for p, name in zip(group["params"], names):
-            _check_param(p, name)
+        _check_params(self.param_groups[-1])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -188,10 +192,29 @@ def _momentum_update(p: torch.Tensor, group: dict, state: dict) -> torch.Tensor:
         state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
     buf = state["momentum_buffer"]
     if group["momentum_type"] == "ema":
-        buf.lerp_(g, 1.0 - beta)
-        return g.lerp(buf, beta) if group["nesterov"] else buf
+        return _ema_momentum(buf, g, beta, group["nesterov"])
     buf.mul_(beta).add_(g)
     return g.add(buf, alpha=beta) if group["nesterov"] else buf
+
+
+def _ema_momentum(buf: torch.Tensor, g: torch.Tensor, beta: float, nesterov: bool) -> torch.Tensor:
+    """EMA momentum: B <- beta B + (1 - beta) G in place; return lerp(G, B, beta) if nesterov else B.
+
+    Shared with ``GatedSpectral``'s spectral step. ``buf`` and ``g`` have the parameter's shape.
+    """
+    buf.lerp_(g, 1.0 - beta)
+    return g.lerp(buf, beta) if nesterov else buf
+
+
+def _apply_update(p: torch.Tensor, o: torch.Tensor, lr: float, weight_decay: float, scale: float) -> None:
+    """W <- W (1 - lr wd) (decoupled decay, unscaled lr), then W <- W - lr s O, in place.
+
+    ``o`` is the orthogonalised update with ``p``'s shape (any dtype; cast to ``p.dtype``);
+    ``scale`` is s(m, n) from :func:`lr_scale`. Shared with ``GatedSpectral``'s spectral step.
+    """
+    if weight_decay != 0.0:
+        p.mul_(1.0 - lr * weight_decay)
+    p.add_(o.to(p.dtype), alpha=-lr * scale)
 
 
 def _orth_key(group: dict, mshape: tuple, device: torch.device) -> tuple:
@@ -244,7 +267,4 @@ def muon_step(optimizer: Optimizer, groups: list[dict], distributed: bool | None
         for i, o in zip(idx, outs):
             results[i] = o
     for (p, group, _, (_, rows, cols)), o in zip(entries, results):
-        lr, wd = group["lr"], group["weight_decay"]
-        if wd != 0.0:
-            p.mul_(1.0 - lr * wd)
-        p.add_(o.to(p.dtype), alpha=-lr * lr_scale(group["adjust_lr"], rows, cols))
+        _apply_update(p, o, group["lr"], group["weight_decay"], lr_scale(group["adjust_lr"], rows, cols))
