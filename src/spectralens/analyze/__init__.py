@@ -109,8 +109,8 @@ def run_analysis(
         mp_fit: also fit the Marchenko-Pastur bulk (``mp_softrank``, ``num_spikes``).
         conv: ``"slices"`` (WeightWatcher: kh*kw slices scaled by sqrt(0.5), ESDs pooled) or
             ``"flatten"`` (one out x in*kh*kw matrix).
-        dtype: compute dtype of the Gram matrices and eigensolves (float64 default; float32 is
-            ~2x faster on CPU and loses relative accuracy of the smallest eigenvalues).
+        dtype: compute dtype of the Gram matrices (float64 default; float32 is ~1.3x faster on
+            CPU and loses relative accuracy of the smallest eigenvalues; CPU eigensolves are float64).
         min_evals: layers with fewer pooled eigenvalues get a status and no fit.
         keep_esd: keep each layer's eigenvalues in ``Analysis.esd`` (for plots).
         progress: called as ``progress(done, total, name)`` after each layer.
