@@ -161,6 +161,10 @@ def main(argv=None) -> int:
     print(f"threads={torch.get_num_threads()}  matmul float64 {rate64 / 1e9:.1f} GFLOP/s, "
           f"float32 {rate32 / 1e9:.1f} GFLOP/s")
     models = build_models(args.quick)
+    if not args.no_ww:  # WeightWatcher's first analyze() pays one-time imports/initialisation: not timed
+        import weightwatcher as ww
+
+        ww.WeightWatcher(model=torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 16))).analyze()
     results = []
     for name, model in models.items():
         if args.models and name not in args.models:
