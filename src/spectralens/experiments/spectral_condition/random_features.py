@@ -10,7 +10,8 @@ X (50 x n) Gaussian, V (100 x 50) with N(0, 1/50) entries, features A = relu(V X
 
 Both steps minimise a quadratic upper bound that is tight for some direction, so each is
 the "safe" step of its geometry. The paper's claim: nr(G) stays above st(A), and SpecGD
-drives the loss down much faster. ``train`` is shared with the SwiGLU counterexample.
+drives the loss down much faster. ``compare``, ``plot_traces`` and ``write_comparison`` (with
+``make_problem`` and ``train`` under them) are shared with the SwiGLU counterexample.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from spectralens.experiments.common import Claim, torch_threads, figure, fmt, sa
 
 from ._steps import fro_norm_sq, nr, op_norm_sq, polar_and_nuclear, st
 
-__all__ = ["run", "make_problem", "train", "Problem", "Trace"]
+__all__ = ["run", "make_problem", "train", "compare", "plot_traces", "write_comparison", "Problem", "Trace"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,27 @@ def train(p: Problem, method: str, steps: int) -> Trace:
     return trace
 
 
+def compare(activation: str, steps: int, seed: int) -> tuple[Problem, Trace, Trace]:
+    """The problem for ``activation`` (see ``make_problem``) and its GD and SpecGD traces."""
+    p = make_problem(activation, seed=seed)
+    return p, train(p, "gd", steps), train(p, "specgd", steps)
+
+
+def write_comparison(out_dir: Path, *, title: str, claims: list[Claim], figures: list[str], p: Problem,
+                     gd: Trace, spec: Trace, steps: int, paper_steps: int, quick: bool, seed: int,
+                     t0: float, notes: tuple[str, ...] | list[str] = ()) -> dict:
+    """Write ``results.json`` / ``summary.md`` of a GD-vs-SpecGD run started at ``t0``
+    (``time.perf_counter()``); return the part's dict (claims, results, seconds)."""
+    settings = {"dim": 100, "feature_dim": 50, "n": 400, "steps": steps, "dtype": "float64", "seed": seed,
+                "lr_gd": p.lr_gd, "lr_spec_times_nuclear": p.lr_spec}
+    scale = f"paper scale (W 100x100, n = 400), {steps} iterations" + (f" (quick; paper: {paper_steps})" if quick else "")
+    results = {"st_A": p.st_A, "gd": {"loss": gd.loss, "nr": gd.nr}, "specgd": {"loss": spec.loss, "nr": spec.nr}}
+    seconds = time.perf_counter() - t0
+    write_outputs(out_dir, title=title, claims=claims, results=results, settings=settings, scale_note=scale,
+                  figures=figures, seconds=seconds, notes=notes)
+    return {"claims": [c.to_dict() for c in claims], "results": results, "seconds": seconds}
+
+
 def plot_traces(out_dir: Path, name: str, title: str, p: Problem, gd: Trace, spec: Trace) -> str:
     fig, axes = figure(1, 2)
     ax = axes[0][0]
@@ -110,10 +132,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
 
 def _run(out_dir: Path, quick: bool, seed: int) -> dict:
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     steps = 200 if quick else 1000
-    p = make_problem("relu", seed=seed)
-    gd, spec = train(p, "gd", steps), train(p, "specgd", steps)
+    p, gd, spec = compare("relu", steps, seed)
     frac_gd = sum(v >= p.st_A for v in gd.nr) / steps
     frac_spec = sum(v >= p.st_A for v in spec.nr) / steps
     speedup = gd.loss[-1] / max(spec.loss[-1], 1e-300)
@@ -133,12 +153,7 @@ def _run(out_dir: Path, quick: bool, seed: int) -> dict:
               f"max nr over both runs {fmt(max(max(gd.nr), max(spec.nr)))}", None),
     ]
     figs = [plot_traces(out_dir, "random_features.png", "ReLU random features", p, gd, spec)]
-    settings = {"dim": 100, "feature_dim": 50, "n": 400, "steps": steps, "dtype": "float64", "seed": seed,
-                "lr_gd": p.lr_gd, "lr_spec_times_nuclear": p.lr_spec}
-    scale = f"paper scale (W 100x100, n = 400), {steps} iterations" + (" (quick; paper: 1000)" if quick else "")
-    results = {"st_A": p.st_A, "gd": {"loss": gd.loss, "nr": gd.nr}, "specgd": {"loss": spec.loss, "nr": spec.nr}}
-    seconds = time.perf_counter() - t0
-    write_outputs(out_dir, title="ReLU random-feature regression: GD vs SpecGD (fig. 3)", claims=claims,
-                  results=results, settings=settings, scale_note=scale, figures=figs, seconds=seconds,
-                  notes=["'Stays above' is decided as >= 90% of iterations; the per-iteration series are in results.json."])
-    return {"claims": [c.to_dict() for c in claims], "results": results, "seconds": seconds}
+    return write_comparison(
+        out_dir, title="ReLU random-feature regression: GD vs SpecGD (fig. 3)", claims=claims, figures=figs,
+        p=p, gd=gd, spec=spec, steps=steps, paper_steps=1000, quick=quick, seed=seed, t0=t0,
+        notes=["'Stays above' is decided as >= 90% of iterations; the per-iteration series are in results.json."])

@@ -85,7 +85,6 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
 
 def _run(out_dir: Path, quick: bool, seed: int) -> dict:
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     widths = [64, 128, 256, 512] if quick else [64, 128, 256, 512, 1024, 2048]
     kinds = ["relu", "abs", "relu2", "gelu", "swiglu", "block_mlp"]
     table: dict[str, list[float]] = {kind: [] for kind in kinds}

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from spectralens.experiments.common import Claim, torch_threads, fmt, write_outputs
+from spectralens.experiments.common import Claim, torch_threads, fmt
 
-from .random_features import make_problem, plot_traces, train
+from .random_features import compare, plot_traces, write_comparison
 
 __all__ = ["run"]
 
@@ -24,10 +24,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
 
 def _run(out_dir: Path, quick: bool, seed: int) -> dict:
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     steps = 100 if quick else 400
-    p = make_problem("swiglu", seed=seed)
-    gd, spec = train(p, "gd", steps), train(p, "specgd", steps)
+    p, gd, spec = compare("swiglu", steps, seed)
     frac_gd = sum(v < p.st_A for v in gd.nr) / steps
     frac_spec = sum(v < p.st_A for v in spec.nr) / steps
     claims = [
@@ -41,11 +39,6 @@ def _run(out_dir: Path, quick: bool, seed: int) -> dict:
               f"final loss GD {fmt(gd.loss[-1])}, SpecGD {fmt(spec.loss[-1])} after {steps} its", gd.loss[-1] < spec.loss[-1]),
     ]
     figs = [plot_traces(out_dir, "swiglu_counterexample.png", "SwiGLU random features", p, gd, spec)]
-    settings = {"dim": 100, "feature_dim": 50, "n": 400, "steps": steps, "dtype": "float64", "seed": seed,
-                "lr_gd": p.lr_gd, "lr_spec_times_nuclear": p.lr_spec}
-    scale = f"paper scale (W 100x100, n = 400), {steps} iterations" + (" (quick; paper: 400)" if quick else "")
-    results = {"st_A": p.st_A, "gd": {"loss": gd.loss, "nr": gd.nr}, "specgd": {"loss": spec.loss, "nr": spec.nr}}
-    seconds = time.perf_counter() - t0
-    write_outputs(out_dir, title="SwiGLU counterexample: nr(G) < st(A) and GD wins (fig. 11)", claims=claims,
-                  results=results, settings=settings, scale_note=scale, figures=figs, seconds=seconds)
-    return {"claims": [c.to_dict() for c in claims], "results": results, "seconds": seconds}
+    return write_comparison(
+        out_dir, title="SwiGLU counterexample: nr(G) < st(A) and GD wins (fig. 11)", claims=claims, figures=figs,
+        p=p, gd=gd, spec=spec, steps=steps, paper_steps=400, quick=quick, seed=seed, t0=t0)
