@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from spectralens.fit import hill_alpha
 from spectralens.nets.gpt import GPT, GPTConfig
 from spectralens.optim import AWD, AdaDecay, AlphaDecay, module_param_groups
 
-from .common import Claim, fmt, write_outputs
+from .common import Claim, fmt, torch_threads, write_outputs
 
 __all__ = ["run", "AlphaDecayReproConfig", "config_for", "METHODS", "train_one", "module_kind_alphas"]
 
@@ -84,16 +83,6 @@ def config_for(quick: bool) -> AlphaDecayReproConfig:
         return AlphaDecayReproConfig(n_layer=2, n_embd=64, n_head=2, block_size=64, batch_size=8, steps=40,
                                      alphadecay_every=5, seeds=2, eval_batches=8, max_chars=400_000)
     return AlphaDecayReproConfig()
-
-
-@contextmanager
-def _torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _lr_at(cfg: AlphaDecayReproConfig, step: int) -> float:
@@ -364,7 +353,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, log=print, threads
     t0 = time.time()
     corpus = load_shakespeare(val_fraction=cfg.val_fraction, max_chars=cfg.max_chars)
     runs = []
-    with _torch_threads(threads):
+    with torch_threads(threads):
         for s in range(cfg.seeds):
             for method in cfg.methods:
                 r = train_one(cfg, corpus, method, seed + s)

@@ -133,13 +133,14 @@ def save_figure(fig, path: Path, dpi: int = 110) -> str:
 def torch_threads(n: int):
     """Run a block with ``torch.set_num_threads(n)``, restoring the previous count after.
 
-    The small float64 factorisations of these experiments (100 x 100 to 512 x 512) are
-    slower with several BLAS threads on a shared, loaded machine than with one.
+    The small float64 factorisations (100 x 100 to 512 x 512) and small matmuls of these
+    experiments are slower with several threads on a shared, loaded machine than with one.
+    ``n`` must be a positive int (otherwise torch.set_num_threads raises, before the block runs).
     """
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(n)
     try:
         yield
     finally:

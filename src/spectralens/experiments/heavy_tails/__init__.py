@@ -14,12 +14,9 @@ norm against ||W_0|| ~ sqrt(h) + sqrt(d)).
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from ..common import Claim, fmt, write_outputs
+from ..common import Claim, fmt, torch_threads, write_outputs
 from .claims import ALIGN_MIN, HT_MIN_OUTLIERS, HT_RATIO, SPIKE_RATIO, aggregate, evaluate_claims
 from .figures import plot_all
 from .setup import PAPER_LRS, HeavyTailsConfig
@@ -55,25 +52,13 @@ def _means_table(cfg, sweep) -> list[str]:
     return lines
 
 
-@contextmanager
-def _torch_threads(n: int):
-    """Run with ``n`` intra-op threads, restoring the previous count (a shared 2-core machine
-    under load runs these small matmuls several times faster on one thread than on two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(out_dir: Path, quick: bool = False, seed: int = 0, *, log=print, threads: int = 1) -> dict:
     """Run the sweep, write figures, results.json and summary.md into ``out_dir``; return the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = config_for(quick)
     t0 = time.time()
-    with _torch_threads(threads):
+    with torch_threads(threads):
         sweep = run_sweep(cfg, seed, log=log)
     claims = evaluate_claims(sweep, cfg)
     figures = plot_all(sweep, cfg, out_dir)
