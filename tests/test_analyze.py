@@ -117,3 +117,14 @@ def test_alpha_invariant_to_scale_and_permutation():
     rows = run_analysis({"w": W, "s": 7.5 * W, "p": W[perm_r][:, perm_c].contiguous()}).layers.set_index("name")
     np.testing.assert_allclose(rows.loc["s", "alpha"], rows.loc["w", "alpha"], rtol=1e-6)  # float32 rounding of 7.5 * W
     np.testing.assert_allclose(rows.loc["p", "alpha"], rows.loc["w", "alpha"], rtol=1e-6)  # float32 rounding of 7.5 * W
+
+
+@pytest.mark.parametrize("fix", ["xmin_peak", "clip_xmax"])
+def test_fix_fingers_is_passed_to_the_fit(fix):
+    sd = _sd()
+    res = run_analysis(sd, fix_fingers=fix, keep_esd=True)
+    for name, ev in res.esd.items():
+        row = res.layers.set_index("name").loc[name]
+        ref = fit_power_law(ev, fix_fingers=fix)
+        np.testing.assert_allclose(row["alpha"], ref.alpha, rtol=1e-12)
+    assert res.settings["fix_fingers"] == fix
