@@ -114,6 +114,7 @@ def test_empty_folder_and_unknown_object(tmp_path):
 
 def test_invalid_options_raise_value_error():
     sd = {"w.weight": torch.randn(20, 10)}
-    for kw in (dict(fit="mle"), dict(fix_fingers="yes"), dict(conv="fft"), dict(dtype="float16")):
+    for kw in (dict(fit="mle"), dict(fix_fingers="yes"), dict(conv="fft"), dict(dtype="float16"),
+               dict(types=["dense"])):
         with pytest.raises(ValueError):
             run_analysis(sd, **kw)

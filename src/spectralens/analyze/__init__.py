@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..fit import fit_marchenko_pastur, fit_power_law
-from ..models import SourceError, SourceNotFound, TensorRef, as_matrices, dtype_skip_reason, matrix_dims, open_source
+from ..models import LAYER_TYPES, SourceError, SourceNotFound, TensorRef, as_matrices, dtype_skip_reason, matrix_dims, open_source
 from .metrics import COLUMNS, SUMMARY_METRICS, empty_row, fit_columns, norm_metrics
 from .spectra import GramBatch, gram_batch, is_finite
 
@@ -67,6 +67,8 @@ def select_refs(refs: Sequence[TensorRef], layers: Sequence[str] | str | None = 
         types = [types]
     pats = [re.compile(p) for p in layers] if layers else None
     wanted = {t.lower() for t in types} if types else None
+    if wanted and not wanted <= set(LAYER_TYPES):
+        raise ValueError(f"unknown layer type(s) {sorted(wanted - set(LAYER_TYPES))}; expected some of {LAYER_TYPES}")
     return [r for r in refs
             if (pats is None or any(p.search(r.name) for p in pats))
             and (wanted is None or r.layer_type in wanted)]
