@@ -50,14 +50,15 @@ def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Ten
             C.baddbmm_(block.transpose(-2, -1), block)
         return C
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    if W.dtype in (torch.float32, torch.float64, torch.float16):
-        Wn = W.numpy()  # no torch compute: see USE_NUMPY
-    else:  # bfloat16 (numpy has no such dtype): widen the (small) view once
-        Wn = W.to(torch.float32).numpy()
+    native = W.dtype in (torch.float32, torch.float64, torch.float16)
+    Wn = W.numpy() if native else None  # no torch compute on the native path: see USE_NUMPY
     C = np.zeros((B, m, m), dtype=np_dtype)
     for b in range(B):
         for start in range(0, n, chunk):
-            block = Wn[b, start:start + chunk, :].astype(np_dtype)
+            if native:
+                block = Wn[b, start:start + chunk, :].astype(np_dtype)
+            else:  # bfloat16 (numpy has no such dtype): widen chunk by chunk in torch
+                block = W[b, start:start + chunk, :].to(dtype).numpy()
             C[b] += block.T @ block  # syrk: same buffer, transposed
     return torch.from_numpy(C)
 
