@@ -10,13 +10,6 @@ import torch
 from spectralens.fit import farms_alpha, farms_eigenvalues, fit_power_law
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On the shared 2-core machine, torch's 2-thread eigensolvers slow down ~1000x under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _W(shape, seed=0):

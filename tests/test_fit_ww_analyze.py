@@ -12,13 +12,6 @@ import torch
 from spectralens.fit import fit_power_law
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On the shared 2-core machine, torch with 2 threads runs ~50x slower under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(seed: int, train_steps: int) -> torch.nn.Module:

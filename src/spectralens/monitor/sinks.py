@@ -23,6 +23,7 @@ the JSONL sink writes ``null``; the CSV sink writes an empty field.
 """
 from __future__ import annotations
 
+import abc
 import csv
 import json
 import math
@@ -40,11 +41,12 @@ def _clean(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-class Sink:
+class Sink(abc.ABC):
     """Base class: override ``write``; ``close`` is optional."""
 
-    def write(self, records: list[dict]) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write(self, records: list[dict]) -> None:
+        """Write one monitored step's records (one dict per layer)."""
 
     def close(self) -> None:
         pass

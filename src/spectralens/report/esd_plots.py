@@ -38,6 +38,15 @@ def _tidy(fig, bottom: float = 0.13) -> None:
     fig.subplots_adjust(left=0.13, right=0.97, bottom=bottom, top=0.9)
 
 
+def _save(plt, fig, path: str | Path, bottom: float = 0.13) -> Path:
+    """Fixed margins, write a PNG, close the figure (no leak across many layers)."""
+    _tidy(fig, bottom)
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def safe_name(name: str) -> str:
     """A file-name-safe version of a layer name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "layer"
@@ -85,11 +94,7 @@ def plot_esd(evals: np.ndarray, path: str | Path, *, name: str = "", alpha: floa
     ax.set_xlabel("eigenvalue of W^T W")
     ax.set_ylabel("density")
     ax.legend(fontsize=7, loc="lower left")
-    _tidy(fig)
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_alpha_by_layer(names: Sequence[str], alphas: Sequence[float], path: str | Path, *,
@@ -113,11 +118,7 @@ def plot_alpha_by_layer(names: Sequence[str], alphas: Sequence[float], path: str
     ax.set_ylabel("alpha")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
-    _tidy(fig, bottom=0.4 if n <= 40 else 0.13)
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, bottom=0.4 if n <= 40 else 0.13)
 
 
 def plot_esd_overlay(esds: Mapping[str, np.ndarray], path: str | Path, *, title: str = "ESD over training") -> Path:
@@ -137,11 +138,7 @@ def plot_esd_overlay(esds: Mapping[str, np.ndarray], path: str | Path, *, title:
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    _tidy(fig)
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_alpha_vs_step(steps: Sequence[int], series: Mapping[str, Sequence[float]], path: str | Path, *,
@@ -156,8 +153,4 @@ def plot_alpha_vs_step(steps: Sequence[int], series: Mapping[str, Sequence[float
     ax.set_ylabel("alpha")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    _tidy(fig)
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
