@@ -7,8 +7,8 @@ only W (h x d) trained, full-batch Adam with a large learning rate. Scaled down 
 d = 1000, h = 1500, n = 2000 to d = 500, h = 750, n = 1000 so the whole demo takes seconds.
 
 At a few steps (0, 1, 2, 5, 10, ... up to ``steps``) the model is saved as
-``checkpoints/step_XXXX.safetensors``; each file is analysed with ``run_analysis`` (the same
-code path as ``spectralens analyze FILE``) and its outputs written to ``checkpoints/step_XXXX/``.
+``checkpoints/step_NNNN.safetensors``; each file is analysed with ``run_analysis`` (the same
+code path as ``spectralens analyze FILE``) and its outputs written to ``checkpoints/step_NNNN/``.
 ``report.html`` shows the ESD of W at every checkpoint on one log-log plot, alpha (KS and Hill)
 against the step, the training loss, and links to the per-checkpoint reports.
 """
