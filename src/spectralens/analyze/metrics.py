@@ -44,11 +44,11 @@ def empty_row(name: str, layer_type: str, shape, N: int, M: int, rf: int, dtype,
     return row
 
 
-def norm_metrics(evals: np.ndarray, N: int) -> dict:
-    """Norm-type metrics of an ascending ESD (no fit needed)."""
+def norm_metrics(evals: np.ndarray, N: int, eps: float | None = None) -> dict:
+    """Norm-type metrics of an ascending ESD (no fit needed); ``eps``: see ``gram_rank``."""
     lam_max = float(evals[-1]) if evals.size else math.nan
     norm = float(evals.sum())
-    rank = gram_rank(evals, N)
+    rank = gram_rank(evals, N, eps)
     entropy = math.nan
     if lam_max > 0:
         p = evals / norm + 1e-10  # WeightWatcher's matrix_entropy, with its 1e-10 guards
@@ -61,8 +61,12 @@ def norm_metrics(evals: np.ndarray, N: int) -> dict:
     }
 
 
-def gram_rank(evals: np.ndarray, N: int) -> int:
+def gram_rank(evals: np.ndarray, N: int, eps: float | None = None) -> int:
     """Numerical rank from Gram eigenvalues: #{lambda > lambda_max * N * eps}.
+
+    ``eps`` is the unit roundoff of the precision the eigenvalues were computed in (default:
+    that of ``evals.dtype``); eigenvalues computed in float32 and stored as float64 pass
+    ``np.finfo(np.float32).eps``, so the rank counts what float32 can resolve.
 
     The threshold is on lambda, not on sqrt(lambda) as numpy's matrix_rank does on singular
     values: eigenvalues of a Gram matrix carry absolute errors ~ eps * lambda_max, so the
@@ -71,7 +75,8 @@ def gram_rank(evals: np.ndarray, N: int) -> int:
     """
     if evals.size == 0 or not evals[-1] > 0:
         return 0
-    eps = np.finfo(evals.dtype if evals.dtype in (np.float32, np.float64) else np.float64).eps
+    if eps is None:
+        eps = np.finfo(evals.dtype if evals.dtype in (np.float32, np.float64) else np.float64).eps
     return int((evals > evals[-1] * int(N) * eps).sum())
 
 

@@ -52,6 +52,11 @@ def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Ten
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     native = W.dtype in (torch.float32, torch.float64, torch.float16)
     Wn = W.numpy() if native else None  # no torch compute on the native path: see USE_NUMPY
+    if native and Wn.dtype == np_dtype:
+        # already in the compute dtype: no converted copy, so no need to chunk. One syrk per
+        # matrix (1536 x 384 float32: 2.0 ms whole vs 5.3 ms in 4 chunks, measured).
+        with np.errstate(over="ignore"):  # float32 overflow is detected (is_finite) and redone in float64
+            return torch.from_numpy(np.stack([Wn[b].T @ Wn[b] for b in range(B)]))
     C = np.zeros((B, m, m), dtype=np_dtype)
     for b in range(B):
         for start in range(0, n, chunk):
@@ -59,7 +64,8 @@ def gram_batch(W: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Ten
                 block = Wn[b, start:start + chunk, :].astype(np_dtype)
             else:  # bfloat16 (numpy has no such dtype): widen chunk by chunk in torch
                 block = W[b, start:start + chunk, :].to(dtype).numpy()
-            C[b] += block.T @ block  # syrk: same buffer, transposed
+            with np.errstate(over="ignore"):
+                C[b] += block.T @ block  # syrk: same buffer, transposed
     return torch.from_numpy(C)
 
 
@@ -112,7 +118,7 @@ class GramBatch:
             if ev is None:
                 out[key] = None
                 continue
-            ev = ev.clamp_min(0).reshape(-1).cpu().numpy()
+            ev = ev.clamp_min(0).reshape(-1).cpu().numpy().astype(np.float64, copy=False)  # fits in float64
             if scale != 1.0:
                 ev = ev * scale
             out[key] = np.sort(ev)
@@ -129,19 +135,45 @@ def _eigvalsh(C: torch.Tensor) -> torch.Tensor:
     threading wins (768: 0.028 s with 2 threads, 0.041 s with 1, quiet machine).
     """
     if C.device.type == "cpu" and USE_NUMPY:
-        Cn = C.numpy().astype(np.float64, copy=False)  # LAPACK's dsyevd is as fast as ssyevd here
+        Cn = C.numpy()
+        if Cn.dtype == np.float32 and _scipy_eigvalsh() is not None:
+            solve = _scipy_eigvalsh()  # ssyevd: ~2x faster than dsyevd (768: 20 vs 42 ms, measured)
+        else:  # numpy's float32 eigvalsh is no faster than its float64 one: solve in float64
+            Cn, solve = Cn.astype(np.float64, copy=False), np.linalg.eigvalsh
         if Cn.shape[-1] >= _THREADED_EIGH_MIN:
-            return torch.from_numpy(np.linalg.eigvalsh(Cn))
+            return torch.from_numpy(solve(Cn))
         workers = min(_cpu_count(), Cn.shape[0])
         with _one_blas_thread():
             if workers < 2:
-                return torch.from_numpy(np.linalg.eigvalsh(Cn))
+                return torch.from_numpy(solve(Cn))
             # several single-threaded LAPACK calls at once (numpy releases the GIL)
             parts = np.array_split(np.arange(Cn.shape[0]), workers)
             with ThreadPoolExecutor(workers) as pool:
-                outs = list(pool.map(lambda idx: np.linalg.eigvalsh(Cn[idx]), parts))
+                outs = list(pool.map(lambda idx: solve(Cn[idx]), parts))
             return torch.from_numpy(np.concatenate(outs))
     return torch.linalg.eigvalsh(C)
+
+
+_SCIPY_EIGVALSH = None
+
+
+def _scipy_eigvalsh():
+    """Batched float32 symmetric eigenvalues through scipy's LAPACK (ssyevd), or None without scipy."""
+    global _SCIPY_EIGVALSH
+    if _SCIPY_EIGVALSH is None:
+        try:
+            from scipy.linalg import eigvalsh
+
+            def solve(C: np.ndarray) -> np.ndarray:
+                if C.ndim == 2:
+                    return eigvalsh(C, driver="evd", check_finite=False)
+                return np.stack([eigvalsh(c, driver="evd", check_finite=False) for c in C]) if len(C) else \
+                    np.zeros(C.shape[:-1], C.dtype)
+
+            _SCIPY_EIGVALSH = solve
+        except Exception:  # scipy missing: numpy float64 fallback
+            _SCIPY_EIGVALSH = False
+    return _SCIPY_EIGVALSH or None
 
 
 def _cpu_count() -> int:
