@@ -24,7 +24,7 @@ from .rules import RULES, AlphaBeta, Epsilon, Rule
 
 # rule name -> options it accepts (besides the input-layer rule's)
 _OPTIONS = {
-    "epsilon": ("epsilon",), "lrp0": (), "gamma": ("gamma", "stabilizer"), "zplus": ("stabilizer",),
+    "epsilon": ("epsilon", "stabilizer"), "lrp0": ("stabilizer",), "gamma": ("gamma", "stabilizer"), "zplus": ("stabilizer",),
     "alpha_beta": ("alpha", "beta", "stabilizer"), "adaptive_beta": ("beta_max", "stabilizer"),
     "gradient": (), "gradient_x_input": (),
 }
@@ -56,6 +56,8 @@ def _build_composite(rule: str, input_rule: str | None, options: dict) -> Compos
         raise TypeError(f"rule {rule!r}" + (f" with input_rule {input_rule!r}" if input_rule else "")
                         + f" does not take option(s) {unknown}; it takes {sorted(set(allowed))}")
     mine = {k: options[k] for k in _OPTIONS[rule] if k in options}
+    if rule in ("epsilon", "lrp0"):
+        mine.pop("stabilizer", None)  # for Norm (average pooling, Sum) only
     if rule == "lrp0":
         main: Rule = Epsilon(0.0)
     elif rule == "alpha_beta":
@@ -181,7 +183,8 @@ def attribute(model: nn.Module, inputs: torch.Tensor, target, rule: str | None =
     rule: "epsilon" (default; ``epsilon=1e-6``), "lrp0", "gamma" (``gamma=0.25``), "zplus",
         "alpha_beta" (``alpha=2, beta=1``; give ``beta`` alone for LRP-beta, alpha = 1 + beta),
         "adaptive_beta" (``beta_max=1``), "gradient" (plain input gradient of the target logit,
-        no hooks) or "gradient_x_input". ``stabilizer=1e-6`` for the non-epsilon rules.
+        no hooks) or "gradient_x_input". ``stabilizer=1e-6``: the non-epsilon rules' and the Norm
+        rule's (average pooling, :class:`Sum`) stabiliser.
     input_rule: "zb" (``low=, high=``), "flat" or "wsquare" for the input layer (the first
         Linear/Conv in forward order).
     composite: a :class:`Composite` instead of ``rule`` (e.g. ``composites.epsilon_plus()``).
