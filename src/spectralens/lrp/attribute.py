@@ -118,13 +118,16 @@ def _check_target(target, out: torch.Tensor, n: int) -> torch.Tensor:
     return t.to(out.device)
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def _forward_errors(x: torch.Tensor):
+    """A RuntimeError from the user's forward (shape/dtype mismatch) becomes a ValueError."""
     try:
-        return model(x)
+        yield
     except (UnsupportedLayerError, ModuleReuseError, ValueError):
         raise
     except RuntimeError as e:
-        raise ValueError(f"the model's forward failed on inputs of shape {tuple(x.shape)}, dtype {x.dtype}: {e}") from e
+        raise ValueError(f"the model's forward failed on inputs of shape {tuple(x.shape)}, dtype {x.dtype} "
+                         f"(inputs need the batch dimension first): {e}") from e
 
 
 def explain(model: nn.Module, inputs: torch.Tensor, target, rule: str | None = None, *,
@@ -152,11 +155,13 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, rule: str | None = N
     with contextlib.ExitStack() as stack, torch.enable_grad():
         stack.enter_context(eval_mode(model))
         if merge_bn and not gradient and any(isinstance(m, BATCHNORM) for m in model.modules()):
-            stack.enter_context(merge_batchnorm(model, example_input=x[:1]))
+            with _forward_errors(x):   # the merge traces one forward
+                stack.enter_context(merge_batchnorm(model, example_input=x[:1]))
         if not gradient:
             stack.enter_context(lrp_context(model, composite))
         xg = x.clone().requires_grad_(True)
-        out = _forward(model, xg)
+        with _forward_errors(x):
+            out = model(xg)
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"the model must return a logits tensor, got {type(out).__name__}")
         t = _check_target(target, out, x.shape[0])

@@ -252,7 +252,7 @@ class ZBox(Rule):
 
     def check(self, path, module, inputs):
         super().check(path, module, inputs)
-        x = inputs[0]
+        x = inputs[0].detach()
         try:
             lo, hi = self._bounds(x)
         except RuntimeError as e:
