@@ -140,6 +140,22 @@ def test_unsupported_layer_named(layer, match):
     assert match in str(info.value) and "Supported: Linear" in str(info.value)
 
 
+class Reshape(nn.Module):
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)
+
+
+def test_custom_reshape_by_gradient_rule():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), Reshape(), nn.Linear(2 * 4 * 4, 3)).double()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    with pytest.raises(lrp.UnsupportedLayerError, match="'2'.*Reshape.*Gradient"):
+        lrp.attribute(model, x, 0)
+    ours = lrp.attribute(model, x, 0, rules={"2": rules.Gradient()})
+    ref = nn.Sequential(model[0], model[1], nn.Flatten(), model[3])
+    torch.testing.assert_close(ours, lrp.attribute(ref, x, 0))
+
+
 def test_unsupported_layer_can_be_assigned_by_name():
     model = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(), nn.Linear(4, 2)).double()
     x = torch.rand(2, 4, dtype=torch.float64)

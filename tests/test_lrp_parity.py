@@ -41,9 +41,22 @@ def cnn(dtype=torch.float64, bn=False):
     return model.eval()
 
 
+def cnn1d(dtype=torch.float64):
+    """Conv1d (stride, dilation, groups), BatchNorm1d, MaxPool1d, AvgPool1d, AdaptiveAvgPool1d, in-place ReLU."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(inplace=True), nn.MaxPool1d(2),
+                          nn.Conv1d(4, 6, 3, stride=2, dilation=2, groups=2), nn.ReLU(), nn.AvgPool1d(2),
+                          nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(12, 5)).to(dtype)
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].eps = 1e-12
+    return model.eval()
+
+
 def data(model, dtype=torch.float64, n=4):
     g = torch.Generator().manual_seed(2)
-    shape = (n, 10) if isinstance(model[0], nn.Linear) else (n, 1, 12, 12)
+    shape = {nn.Linear: (n, 10), nn.Conv2d: (n, 1, 12, 12), nn.Conv1d: (n, 2, 24)}[type(model[0])]
     x = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
     return x, torch.arange(n) % 5
 
@@ -68,12 +81,13 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("make", [mlp, cnn, cnn1d], ids=["mlp", "cnn", "cnn1d"])
 @pytest.mark.parametrize("name,zrule,ours", RULES, ids=[r[0] for r in RULES])
 def test_rule_parity(make, name, zrule, ours):
     model = make()
     x, t = data(model)
-    theirs = zennit_relevance(model, LayerMapComposite(base() + [(ZLinear, zrule())]), x, t)
+    comp = LayerMapComposite(base() + [(ZLinear, zrule())], canonizers=[SequentialMergeBatchNorm()])
+    theirs = zennit_relevance(model, comp, x, t)
     mine = lrp.attribute(model, x, t, **ours)
     assert theirs.abs().max() > 1e-3
     torch.testing.assert_close(mine, theirs, atol=1e-10, rtol=1e-8)
@@ -86,12 +100,13 @@ FIRST = [
 ]
 
 
-@pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("make", [mlp, cnn, cnn1d], ids=["mlp", "cnn", "cnn1d"])
 @pytest.mark.parametrize("name,zfirst,ours", FIRST, ids=[r[0] for r in FIRST])
 def test_input_rule_parity(make, name, zfirst, ours):
     model = make()
     x, t = data(model)
-    comp = SpecialFirstLayerMapComposite(base() + [(ZLinear, zr.Epsilon(1e-4))], [(ZLinear, zfirst())])
+    comp = SpecialFirstLayerMapComposite(base() + [(ZLinear, zr.Epsilon(1e-4))], [(ZLinear, zfirst())],
+                                         canonizers=[SequentialMergeBatchNorm()])
     theirs = zennit_relevance(model, comp, x, t)
     mine = lrp.attribute(model, x, t, rule="epsilon", epsilon=1e-4, **ours)
     torch.testing.assert_close(mine, theirs, atol=1e-10, rtol=1e-8)

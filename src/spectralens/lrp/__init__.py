@@ -5,7 +5,7 @@ Binder, Takmil-Homayouni, Dogan, "LRP as products of modified gradient matrices"
 
 * :func:`attribute` / :func:`explain` - input relevance for a target class (``Explanation``).
 * :mod:`rules` - ``Epsilon``, ``Gamma``, ``ZPlus``, ``AlphaBeta``, ``AdaptiveBeta``, ``Flat``,
-  ``WSquare``, ``ZBox``, ``Pass``, ``Norm``.
+  ``WSquare``, ``ZBox``, ``Pass``, ``Norm``, ``Gradient``.
 * :mod:`composites` - which rule goes on which layer (``epsilon_plus()``, ...).
 * :func:`lrp_context` - removable hooks; :func:`merge_batchnorm` - reversible BatchNorm merge.
 * :class:`Sum` - explicit residual addition with the LRP split.

@@ -23,7 +23,7 @@ from . import canonizers
 from .composites import Composite
 from .errors import ModuleReuseError, UnsupportedLayerError
 from .layers import ACTIVATION, AFFINE, AVGPOOL, BATCHNORM, GRADIENT, SUPPORTED_TEXT, Sum
-from .rules import Pass, Rule
+from .rules import Gradient, Pass, Rule
 
 
 class _RuleFunction(torch.autograd.Function):
@@ -61,7 +61,8 @@ def _hint(module: nn.Module) -> str:
     if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
         return "LRP explains logits: remove the softmax from the model (or call the model without it). " + SUPPORTED_TEXT
     return (SUPPORTED_TEXT + " If a rule truly fits this module, assign it by name, e.g. "
-            "attribute(..., rules={path: lrp.rules.Pass()}) for an element-wise activation.")
+            "attribute(..., rules={path: lrp.rules.Pass()}) for an element-wise activation, or "
+            "lrp.rules.Gradient() for a module that only reshapes or selects entries.")
 
 
 def check_model(model: nn.Module, composite: Composite) -> None:
@@ -92,7 +93,7 @@ def _make_hook(ctx: LRPContext, path: str):
             ctx.input_layer = path
         rule = ctx.composite.rule_for(path, module, first=first)
         ctx.assignments[path] = rule
-        if rule is None:
+        if rule is None or isinstance(rule, Gradient):
             return None
         ctx._calls[path] = ctx._calls.get(path, 0) + 1
         if ctx._calls[path] > 1 and not isinstance(rule, Pass):

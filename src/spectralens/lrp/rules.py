@@ -359,6 +359,19 @@ class Pass(Rule):
         return (r,)
 
 
+class Gradient(Rule):
+    """No modification: relevance flows by the module's ordinary gradient (no hook). The default for
+    Flatten, MaxPool, Dropout, Identity; assign it by name to a custom reshaping/selecting module."""
+
+    name = "gradient"
+
+    def check(self, path, module, inputs):
+        pass
+
+    def relevance(self, module, inputs, r):
+        raise RuntimeError("the Gradient rule installs no hook")
+
+
 #: names accepted by ``attribute(rule=...)`` / ``input_rule=...`` -> (class, option names)
 RULES = {
     "epsilon": Epsilon, "gamma": Gamma, "zplus": ZPlus, "alpha_beta": AlphaBeta,
