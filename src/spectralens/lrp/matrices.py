@@ -77,7 +77,8 @@ class LayerMatrix:
     options (epsilon, stabilizer, gamma, alpha, beta, beta_max, low, high).
     M: (n_in, n_out), ``R_in = M @ R_out`` (Sum: the summands' rows stacked, n_in = sum of sizes).
     C: (n_in, n_out) the "relevance per unit activation" form for epsilon/gradient rules, else None.
-    W: (n_in, n_out) the dense (merged) weight matrix of a Linear/Conv, else None.
+    W: (n_in, n_out) the dense (merged) weight matrix of a Linear/Conv, or the implicit weights
+    of average pooling; None otherwise.
     a_in: (n_in,) layer input; z: (n_out,) layer output (pre-activation for Linear/Conv);
     R_out / R_in: relevance at the output / input for the target of :func:`layer_matrices`.
     inputs: producer index per input (-1: the model input); in_shapes/out_shape: batch-1 shapes;
@@ -361,19 +362,19 @@ def _affine_layer(c: _Call, w, b, rule: str, o: dict, xflat):
 
 
 def _other_layer(c: _Call, gradient: bool, o: dict):
-    """(kind, rule, M, C, fanout) for a parameter-free layer."""
+    """(kind, rule, M, C, fanout, W) for a parameter-free layer (W: average pooling's weights, else None)."""
     m = c.module
     a = c.inputs[0].reshape(-1)
     n_in, z = a.numel(), c.output.reshape(-1)
     eye = torch.eye(n_in, dtype=torch.float64)
     if isinstance(m, nn.ReLU):
         if gradient:
-            return "relu", "gradient", torch.diag((a > 0).to(a)), torch.diag((a > 0).to(a)), 1
-        return "relu", "pass", eye, torch.diag(_div(z, a)), 1
+            return "relu", "gradient", torch.diag((a > 0).to(a)), torch.diag((a > 0).to(a)), 1, None
+        return "relu", "pass", eye, torch.diag(_div(z, a)), 1, None
     if isinstance(m, _IDENTITY):
         if n_in != z.numel():
             raise ValueError(f"module {c.name!r} changes the number of elements; not an identity")
-        return "identity", "gradient", eye, eye, 1
+        return "identity", "gradient", eye, eye, 1, None
     if isinstance(m, _MAXPOOL + _AVGPOOL):
         basis = eye.reshape(n_in, *c.inputs[0].shape[1:])
         P = m(basis).reshape(n_in, -1)  # avg: implicit weights; max: window membership (0/1)
@@ -387,21 +388,21 @@ def _other_layer(c: _Call, gradient: bool, o: dict):
             idx = (idx.reshape(ch, -1) + per * torch.arange(ch)[:, None]).reshape(-1)
             G = torch.zeros(n_in, z.numel(), dtype=torch.float64)
             G[idx, torch.arange(z.numel())] = 1.0
-            return "maxpool", "gradient", G, G, fanout
+            return "maxpool", "gradient", G, G, fanout, None
         if gradient:
-            return "avgpool", "gradient", P, P, fanout
+            return "avgpool", "gradient", P, P, fanout, P
         den = stabilize(a @ P, o["stabilizer"])
-        return "avgpool", "norm", _div(a[:, None] * P, den), _div(P * z, den), fanout
+        return "avgpool", "norm", _div(a[:, None] * P, den), _div(P * z, den), fanout, P
     if isinstance(m, Sum):
         parts = [t.reshape(-1) for t in c.inputs]
         n = z.numel()
         if gradient:
             G = torch.cat([torch.eye(n, dtype=torch.float64)] * len(parts))
-            return "sum", "gradient", G, G, 1
+            return "sum", "gradient", G, G, 1, None
         den = stabilize(sum(parts), o["stabilizer"])
         M = torch.cat([torch.diag(_div(p, den)) for p in parts])
         C = torch.cat([torch.diag(_div(z, den))] * len(parts))
-        return "sum", "norm", M, C, 1
+        return "sum", "norm", M, C, 1, None
     raise UnsupportedLayerError(c.name, type(m).__name__, "layer_matrices supports Linear, Conv1d/2d (+ BatchNorm "
                                 "merged), ReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, "
                                 "Unflatten, Dropout, Identity and spectralens.lrp.Sum.")
@@ -455,8 +456,8 @@ def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, 
             kind = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}[type(c.module)]
         else:
             _check_size(c.name, c.module, sum(t.numel() for t in c.inputs), c.output.numel(), max_entries)
-            kind, r, M, C, fanout = _other_layer(c, gradient, o)
-            name, W = c.name, None
+            kind, r, M, C, fanout, W = _other_layer(c, gradient, o)
+            name = c.name
             if rule == "gradient_x_input" and -1 in c.producers:
                 scale = torch.cat([xb.reshape(-1) if p < 0 else torch.ones(t.numel(), dtype=torch.float64)
                                    for p, t in zip(c.producers, c.inputs)])
