@@ -9,6 +9,8 @@ Binder, Takmil-Homayouni, Dogan, "LRP as products of modified gradient matrices"
 * :mod:`composites` - which rule goes on which layer (``epsilon_plus()``, ...).
 * :func:`lrp_context` - removable hooks; :func:`merge_batchnorm` - reversible BatchNorm merge.
 * :class:`Sum` - explicit residual addition with the LRP split.
+* :func:`layer_matrices` / :func:`chain` - explicit per-layer modified-gradient matrices;
+  :mod:`bounds` - their singular-value bounds, attribution bounds, Hoeffding constants.
 """
 from . import composites, rules
 from .attribute import Explanation, attribute, explain
@@ -17,6 +19,9 @@ from .composites import Composite
 from .errors import ModuleReuseError, UnsupportedLayerError
 from .hooks import lrp_context
 from .layers import Sum
+from .matrices import LayerMatrix, LayerMatrices, chain, layer_matrices
+from . import bounds
 
 __all__ = ["attribute", "explain", "Explanation", "lrp_context", "merge_batchnorm", "Sum", "Composite",
-           "composites", "rules", "UnsupportedLayerError", "ModuleReuseError"]
+           "composites", "rules", "UnsupportedLayerError", "ModuleReuseError",
+           "LayerMatrix", "LayerMatrices", "layer_matrices", "chain", "bounds"]
