@@ -309,3 +309,18 @@ def test_sum_module():
         s(a, torch.rand(4))
     with pytest.raises(ValueError, match="at least two"):
         s(a)
+
+
+def test_single_layer_root_and_nested_context():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3).double()
+    x = torch.rand(2, 5, dtype=torch.float64)
+    z = layer(x).detach()
+    rel = lrp.attribute(layer, x, 1, rule="epsilon", epsilon=0.0)
+    torch.testing.assert_close(rel, x * layer.weight.detach()[1] * (z[:, 1:2] / z[:, 1:2]))
+    with lrp.lrp_context(layer, composites.epsilon_plus()):
+        with pytest.raises(RuntimeError, match="already inside"):
+            with lrp.lrp_context(layer, composites.epsilon_plus()):
+                pass
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+    torch.testing.assert_close(lrp.attribute(layer, x, torch.tensor(1)), lrp.attribute(layer, x, [1, 1]))

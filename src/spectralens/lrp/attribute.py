@@ -101,11 +101,10 @@ def _check_target(target, out: torch.Tensor, n: int) -> torch.Tensor:
     elif isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex():
             raise ValueError(f"target tensor must hold integers, got {target.dtype}")
-        t = target.detach().long().reshape(-1) if target.ndim <= 1 else None
-        if t is None or (target.ndim == 0 and n != 1):
-            t = torch.full((n,), int(target), dtype=torch.long) if target.ndim == 0 else None
-        if t is None:
+        if target.ndim > 1:
             raise ValueError(f"target tensor must have shape (N,) = ({n},), got {tuple(target.shape)}")
+        t = target.detach().long().cpu().reshape(-1)
+        t = t.expand(n) if target.ndim == 0 else t
     else:
         try:
             t = torch.tensor([int(v) if not isinstance(v, bool) and float(v) == int(v) else None for v in target])

@@ -13,6 +13,7 @@ Parameters, buffers and ``requires_grad`` are never touched.
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ from .composites import Composite
 from .errors import ModuleReuseError, UnsupportedLayerError
 from .layers import ACTIVATION, AFFINE, AVGPOOL, BATCHNORM, GRADIENT, SUPPORTED_TEXT, Sum
 from .rules import Gradient, Pass, Rule
+
+
+_ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # models inside an lrp_context
 
 
 class _RuleFunction(torch.autograd.Function):
@@ -126,6 +130,8 @@ def lrp_context(model: nn.Module, composite: Composite):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(composite, Composite):
         raise TypeError(f"composite must be a spectralens.lrp.Composite, got {type(composite).__name__}")
+    if model in _ACTIVE:
+        raise RuntimeError("this model is already inside an lrp_context; nested contexts would hook it twice")
     check_model(model, composite)
     ctx = LRPContext(composite)
 
@@ -136,6 +142,7 @@ def lrp_context(model: nn.Module, composite: Composite):
 
     training = {m: m.training for m in model.modules()}
     handles = [model.register_forward_pre_hook(reset)]
+    _ACTIVE.add(model)
     try:
         model.eval()
         for path, module in model.named_modules():
@@ -144,6 +151,7 @@ def lrp_context(model: nn.Module, composite: Composite):
             handles.append(module.register_forward_hook(_make_hook(ctx, path)))
         yield ctx
     finally:
+        _ACTIVE.discard(model)
         for h in handles:
             h.remove()
         for m, flag in training.items():
