@@ -24,7 +24,8 @@ from .rules import RULES, AlphaBeta, Epsilon, Rule
 
 # rule name -> options it accepts (besides the input-layer rule's)
 _OPTIONS = {
-    "epsilon": ("epsilon", "stabilizer"), "lrp0": ("stabilizer",), "gamma": ("gamma", "stabilizer"), "zplus": ("stabilizer",),
+    "epsilon": ("epsilon", "stabilizer"), "lrp0": ("stabilizer",), "gamma": ("gamma", "stabilizer"),
+    "zplus": ("stabilizer",),
     "alpha_beta": ("alpha", "beta", "stabilizer"), "adaptive_beta": ("beta_max", "stabilizer"),
     "gradient": (), "gradient_x_input": (),
 }

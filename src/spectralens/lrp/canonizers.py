@@ -34,7 +34,8 @@ def _fits(affine: nn.Module, bn: nn.Module) -> bool:
     if _out_channels(affine) != bn.num_features or bn.running_mean is None or bn.running_var is None:
         return False
     # Linear output has features last: BatchNorm1d on (N, C) only; convolutions feed BN of their dimension.
-    return {nn.Linear: nn.BatchNorm1d, nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d}.get(type(affine)) is type(bn)
+    expected = {nn.Linear: nn.BatchNorm1d, nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d}
+    return expected.get(type(affine)) is type(bn)
 
 
 def _sequential_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
@@ -43,7 +44,8 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     for seq in model.modules():
         if isinstance(seq, nn.Sequential):
             children = list(seq.children())
-            pairs += [(a, b) for a, b in zip(children, children[1:]) if isinstance(a, AFFINE) and isinstance(b, BATCHNORM)]
+            pairs += [(a, b) for a, b in zip(children, children[1:])
+                      if isinstance(a, AFFINE) and isinstance(b, BATCHNORM)]
     return pairs
 
 

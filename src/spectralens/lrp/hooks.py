@@ -63,7 +63,8 @@ def _hint(module: nn.Module) -> str:
         return ("A BatchNorm must directly follow a Linear/Conv and be merged: wrap the call in "
                 "`with lrp.merge_batchnorm(model, example_input=x[:1]):` (attribute() does this). ") + SUPPORTED_TEXT
     if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
-        return "LRP explains logits: remove the softmax from the model (or call the model without it). " + SUPPORTED_TEXT
+        return ("LRP explains logits: remove the softmax from the model (or call the model without it). "
+                + SUPPORTED_TEXT)
     return (SUPPORTED_TEXT + " If a rule truly fits this module, assign it by name, e.g. "
             "attribute(..., rules={path: lrp.rules.Pass()}) for an element-wise activation, or "
             "lrp.rules.Gradient() for a module that only reshapes or selects entries.")
@@ -146,7 +147,8 @@ def lrp_context(model: nn.Module, composite: Composite):
     try:
         model.eval()
         for path, module in model.named_modules():
-            if isinstance(module, BATCHNORM) or next(module.children(), None) is not None and path not in composite.name_map:
+            container = next(module.children(), None) is not None and path not in composite.name_map
+            if isinstance(module, BATCHNORM) or container:   # merged BatchNorm: the identity, no hook
                 continue
             handles.append(module.register_forward_hook(_make_hook(ctx, path)))
         yield ctx
