@@ -161,14 +161,15 @@ def _ref_linear(rule, a, W, b, R, o):
                 beta = o.get("beta", 0.0)
                 if rule == "adaptive_beta":
                     beta = min(-zn / (zp + zn), o["beta_max"]) if zp + zn > 0 else o["beta_max"]
-                share = (1 + beta) * _q(pos[k][j], _s(zp, o["stabilizer"])) - beta * _q(neg[k][j], _s(zn, o["stabilizer"]))
+                share = ((1 + beta) * _q(pos[k][j], _s(zp, o["stabilizer"]))
+                         - beta * _q(neg[k][j], _s(zn, o["stabilizer"])))
             elif rule == "gamma":
                 g = o["gamma"]
                 if z > 0:
-                    den = z + g * (zp)
+                    den = z + g * zp
                     share = _q(a[j] * W[k][j] + g * pos[k][j], _s(den, o["stabilizer"]))
                 elif z < 0:
-                    den = z + g * (zn)
+                    den = z + g * zn
                     share = _q(a[j] * W[k][j] + g * neg[k][j], _s(den, o["stabilizer"]))
                 else:
                     share = 0.0
@@ -236,6 +237,13 @@ def test_unbatched_input_and_model_unchanged():
     assert next(model.parameters()).dtype == torch.float32 and model.training
     ref = lrp.attribute(model.double(), x.double()[None], layers.target, "epsilon")[0]
     assert torch.allclose(chain(layers), ref, atol=TOL, rtol=0)
+
+
+def test_single_channel_image_without_batch_dimension():
+    model, x = cnn(), _x((1, 1, 8, 8))
+    layers = layer_matrices(model, x[0], "alpha_beta")  # (1, 8, 8): one channel, no batch dimension
+    assert chain(layers).shape == (1, 8, 8)
+    assert torch.allclose(chain(layers), lrp.attribute(model, x, layers.target, "alpha_beta")[0], atol=TOL, rtol=0)
 
 
 def test_size_limit_names_the_layer():

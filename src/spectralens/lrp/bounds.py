@@ -241,7 +241,8 @@ def attribution_bound(model, x: torch.Tensor | None = None, rule: str = "epsilon
     or a :class:`LayerMatrices`. ``|R_i| <= B = K * scale`` with ``K`` a product of per-layer
     bounds and ``scale`` = 1 (gradient), ``max|x|`` (gradient x input, epsilon; ``x_bound`` to
     cover all augmented inputs), ``|f_t(x)|`` (R-form rules; ``out_bound`` likewise) or
-    ``||M_1||_1 ||z_1||_2`` (epsilon with an input rule). Columns: ``K_observed`` (product of the
+    ``||M_1||_1 ||z_1||_2`` (epsilon with an input rule). Columns: ``output_relevance`` (the start
+    value: ``f_t(x)`` for LRP, 1 for the gradient rules), ``constant`` (= ``K``), ``K_observed`` (product of the
     actual per-layer norms at x), ``K`` (of the per-layer bounds at x), ``K_uniform`` (bounds valid
     for every input: the Hoeffding constant's factor), ``scale``, ``B``, ``B_uniform``,
     ``observed_min/max/absmax``, ``holds`` (absmax <= B and, for x-scaled rules, |R_i| <= K |x_i|),
@@ -292,6 +293,7 @@ def attribution_bound(model, x: torch.Tensor | None = None, rule: str = "epsilon
         holds = holds and bool((R.abs() <= ks["bound"] * xs * (1 + _TOL) + 1e-12).all())
     weight_free = all(bool(r["weight_free"]) for r in rows)
     return pd.DataFrame([dict(rule=rule, input_rule=layers.input_rule, target=layers.target, multiplies=mult,
+                              output_relevance=float(layers.R_out[layers.target]), constant=ks["bound"],
                               K_observed=ks["observed"], K=ks["bound"], K_uniform=ks["uniform"], scale=scale,
                               B=B, B_uniform=B_u, observed_min=float(R.min()), observed_max=float(R.max()),
                               observed_absmax=absmax, holds=holds, tightness=absmax / B if B > 0 else float("nan"),

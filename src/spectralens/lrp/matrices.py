@@ -413,7 +413,8 @@ def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, 
                    **rule_options) -> LayerMatrices:
     """Per-layer modified-gradient matrices of ``model`` at one input ``x`` (forward order).
 
-    ``x``: one sample, ``(1, ...)`` or without the batch dimension (when ``x.shape[0] != 1``).
+    ``x``: one sample, with a batch dimension of 1 or without one (``x`` is used as given if the
+    model maps it to (1, classes), else ``x[None]``).
     ``rule``/``input_rule``/options exactly as :func:`spectralens.lrp.attribute` (``epsilon=``,
     ``stabilizer=`` (also avg pooling and Sum), ``gamma=``, ``alpha=``/``beta=``, ``beta_max=``,
     ``low=``/``high=``); the input rule goes on the first Linear/Conv in forward order.
@@ -430,8 +431,8 @@ def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, 
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN/inf entries")
     o = _parse_options(rule, input_rule, rule_options)
-    xb = (x if x.ndim >= 2 and x.shape[0] == 1 else x.unsqueeze(0)).detach().to(torch.float64)
     net = copy.deepcopy(model).to(torch.float64).eval()
+    xb = _one_sample(net, x.detach().to(torch.float64))
     calls, logits, out_index = _trace(net, xb)
     calls, merged, remap = _merge_batchnorm(calls)
     out_index = remap(out_index)
@@ -478,6 +479,24 @@ def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, 
     for d, ro in zip(built, r_out):
         tmp.append(LayerMatrix(**d, R_out=ro, R_in=d["M"] @ ro))
     return tmp
+
+
+def _one_sample(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` with a batch dimension of 1: ``x`` itself if it starts with 1 and the model maps it to
+    (1, classes), else ``x[None]`` (so (1, 8, 8) works for a Conv2d(1, ...) model and for an MLP)."""
+    tried = []
+    for cand in ([x, x[None]] if x.ndim >= 2 and x.shape[0] == 1 else [x[None]]):
+        try:
+            with torch.no_grad():
+                out = net(cand)
+        except (RuntimeError, ValueError, TypeError) as e:
+            tried.append(f"{tuple(cand.shape)}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
+            return cand
+        tried.append(f"{tuple(cand.shape)}: output {tuple(out.shape) if isinstance(out, torch.Tensor) else out}")
+    raise ValueError("layer_matrices needs one sample and a model returning logits of shape (1, classes); tried "
+                     + "; ".join(tried))
 
 
 def _layer_params(r: str, o: dict) -> dict:
