@@ -2,6 +2,7 @@
 unsupported layers and reused modules are named; batches equal single samples."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -252,6 +253,9 @@ def test_explanation_fields_and_targets():
     assert "AlphaBeta(alpha=2.0, beta=1.0" in ex.rule
     for t in ([4, 0, 2], (4, 0, 2), torch.tensor([4, 0, 2]), torch.tensor([4, 0, 2], dtype=torch.int32)):
         torch.testing.assert_close(lrp.attribute(model, x, t, rule="alpha_beta", beta=1.0), ex.relevance)
+    one = lrp.attribute(model, x, 3, rule="epsilon")
+    torch.testing.assert_close(lrp.attribute(model, x, np.int64(3), rule="epsilon"), one)  # numpy scalar
+    torch.testing.assert_close(lrp.attribute(model, x, np.array([3, 3, 3]), rule="epsilon"), one)
 
 
 @pytest.mark.parametrize("inputs,target,match", [

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,6 +98,8 @@ def _check_target(target, out: torch.Tensor, n: int) -> torch.Tensor:
     classes = out.shape[1]
     if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.dtype == torch.bool):
         raise ValueError("target must be a class index (int), a sequence of ints or a LongTensor, not bool")
+    if isinstance(target, np.integer):  # e.g. a class index read from a DataFrame row
+        target = int(target)
     if isinstance(target, int):
         t = torch.full((n,), target, dtype=torch.long)
     elif isinstance(target, torch.Tensor):
