@@ -61,7 +61,6 @@ def test_loglog_slope_of_a_power_law():
 
 def test_deviation_curves_on_iid_bounded_samples():
     """Uniform[-1, 1] components (B = 1, E = 0): rate -1/2, Hoeffding holds, statistics by hand."""
-    pytest.importorskip("spectralens.lrp.bounds")
     g = torch.Generator().manual_seed(0)
     repeats, t_max, D, delta = 400, 64, 6, 0.05
     samples = 2 * torch.rand(repeats, t_max, D, generator=g, dtype=torch.float64) - 1
@@ -79,10 +78,9 @@ def test_deviation_curves_on_iid_bounded_samples():
 
 def test_tiny_run_writes_outputs_and_decides_every_claim(tmp_path):
     pytest.importorskip("sklearn")
-    pytest.importorskip("spectralens.lrp.bounds")
     from spectralens.experiments.lrp_bounds import run
 
-    cfg = LRPBoundsConfig(n_inputs=1, t_ref=512, repeats=16, t_max=8, n_bound=2, epochs=3, chunk=512)
+    cfg = LRPBoundsConfig(n_inputs=1, t_ref=512, repeats=16, t_max=8, epochs=3, chunk=512, scales=(0.5, 4.0))
     out = run(tmp_path, quick=True, seed=0, log=lambda *_: None, threads=1, config=cfg)
     for name in ("results.json", "summary.md", "lrp_bounds_convergence.png", "lrp_bounds_scaling.png",
                  "lrp_bounds_maps.png"):

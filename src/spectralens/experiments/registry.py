@@ -50,6 +50,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("spectral-condition.nanogpt", f"{_SC}.nanogpt", "char-level GPT on Shakespeare, AdamW vs hybrid Muon, monitored nr(G) and st(A)"),
     Experiment("heavy-tails", "spectralens.experiments.heavy_tails", "Kothapalli et al. 2406.04657: teacher-student GD/Adam lr sweep, spike then heavy tail"),
     Experiment("alphadecay", "spectralens.experiments.alphadecay", "He et al. 2506.14562 at CPU scale: LLaMA-style GPT on Shakespeare, 5 decay policies x 3 seeds"),
+    Experiment("lrp-bounds", "spectralens.experiments.lrp_bounds", "Binder et al. 2509.08963: digits CNN, mean-attribution convergence vs Hoeffding; LRP-beta's constant weight-free"),
 )
 
 

@@ -18,9 +18,10 @@ holds with probability >= 1 - delta (``lrp.bounds.hoeffding_deviation``). Measur
   with deviation >= t(T) (Hoeffding: <= delta);
 * ``rms(T)``: the root-mean-square deviation over repeats and components, and the least-squares
   slope of log rms vs log T (the rate: -1/2 for independent copies);
-* B: the maximum of ``attribution_bound`` over ``n_bound`` copies (the clean image included):
-  the bound is per input, so its supremum over the augmentation law is estimated this way;
-  ``observed_sup`` = max |R_i| over all reference copies says whether B really covers them.
+* B: ``attribution_bound``'s ``B_uniform`` = K_uniform (a constant valid for every input) times
+  the scale it multiplies, taken over all copies drawn: 1 for the gradient, max |x'_i| for
+  LRP-epsilon, max |f_t(x')| for LRP-beta. ``observed_sup`` = max |R_i| over all copies says
+  whether B really covers them.
 
 All three methods see the same augmented copies (common random numbers).
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .setup import METHODS, LRPBoundsConfig, attribute, bounds_at
+from .setup import METHODS, LRPBoundsConfig, attribute, bound_row
 
 __all__ = ["AUGMENTATIONS", "augment", "deviation_curves", "run_convergence", "loglog_slope"]
 
@@ -52,14 +53,18 @@ def augment(x: torch.Tensor, n: int, kind: str, cfg: LRPBoundsConfig, gen: torch
     raise ValueError(f"unknown augmentation {kind!r}; known: {AUGMENTATIONS}")
 
 
-def _attributions(model, x, target, kind, n, cfg, gen) -> dict[str, torch.Tensor]:
-    """{method: (n, D) float64} on ``n`` fresh copies, generated and explained chunk by chunk."""
+def _attributions(model, x, target, kind, n, cfg, gen) -> tuple[dict[str, torch.Tensor], float, float]:
+    """({method: (n, D) float64}, max |x'_i|, max |f_t(x')|) on ``n`` fresh copies, chunk by chunk."""
     parts: dict[str, list] = {m: [] for m in METHODS}
+    x_sup = out_sup = 0.0
     for start in range(0, n, cfg.chunk):
         xs = augment(x, min(cfg.chunk, n - start), kind, cfg, gen)
+        with torch.no_grad():
+            out_sup = max(out_sup, float(model(xs)[:, target].abs().max()))
+        x_sup = max(x_sup, float(xs.abs().max()))
         for m in METHODS:
             parts[m].append(attribute(model, xs, target, m))
-    return {m: torch.cat(v) for m, v in parts.items()}
+    return {m: torch.cat(v) for m, v in parts.items()}, x_sup, out_sup
 
 
 def loglog_slope(ts, values) -> float:
@@ -90,6 +95,14 @@ def deviation_curves(samples: torch.Tensor, expectation: torch.Tensor, ts: list[
             "ratio_max": float((dev_q / hoeff).max())}
 
 
+def _scale(multiplies: str, x_sup: float, out_sup: float) -> float:
+    """What K_uniform multiplies in attribution_bound's B_uniform, over all copies drawn."""
+    scales = {"1": 1.0, "max|x_i|": x_sup, "|f_t(x)|": out_sup}
+    if multiplies not in scales:
+        raise ValueError(f"unexpected bound form {multiplies!r}; expected one of {sorted(scales)}")
+    return scales[multiplies]
+
+
 def run_convergence(model, inputs: torch.Tensor, targets: list[int], cfg: LRPBoundsConfig, seed: int,
                     log=print) -> list[dict]:
     """One record per (input, augmentation, method) with the curves above, B and observed sups.
@@ -99,24 +112,27 @@ def run_convergence(model, inputs: torch.Tensor, targets: list[int], cfg: LRPBou
     """
     from spectralens.lrp.bounds import hoeffding_deviation
 
-    records = []
+    records, rows = [], {}
     for k, (x, target) in enumerate(zip(inputs, targets)):
         x = x[None]
         for a, kind in enumerate(AUGMENTATIONS):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + 1009 * k + a)
-            ref = _attributions(model, x, target, kind, cfg.t_ref, cfg, gen)
-            rep = _attributions(model, x, target, kind, cfg.repeats * cfg.t_max, cfg, gen)
-            bound_inputs = torch.cat([x, augment(x, cfg.n_bound - 1, kind, cfg, gen)])
+            ref, xs_ref, out_ref = _attributions(model, x, target, kind, cfg.t_ref, cfg, gen)
+            rep, xs_rep, out_rep = _attributions(model, x, target, kind, cfg.repeats * cfg.t_max, cfg, gen)
+            x_sup, out_sup = max(xs_ref, xs_rep), max(out_ref, out_rep)
             for m in METHODS:
-                b = bounds_at(model, bound_inputs, target, m)
-                B = float(b["B"].max())
+                if (k, m) not in rows:  # K_uniform holds for every input: one call per image and method
+                    rows[(k, m)] = bound_row(model, x, target, m)
+                b = rows[(k, m)]
+                B = b["K_uniform"] * _scale(b["multiplies"], x_sup, out_sup)  # = B_uniform at these sups
                 E = ref[m].mean(0)
                 curves = deviation_curves(rep[m].reshape(cfg.repeats, cfg.t_max, -1), E, cfg.ts, cfg.delta, B)
                 observed = float(torch.cat([ref[m], rep[m]]).abs().max())
                 t_obs = [float(hoeffding_deviation(observed, t, delta=cfg.delta)) for t in cfg.ts]
                 records.append({
                     "input": k, "target": target, "augmentation": kind, "method": m, "B": B,
-                    "B_min": float(b["B"].min()), "constant_max": float(b["constant"].max()),
+                    "K_uniform": b["K_uniform"], "multiplies": b["multiplies"], "B_clean": b["B"], "x_sup": x_sup,
+                    "out_sup": out_sup,
                     "observed_sup": observed, "covered": observed <= B * (1 + 1e-9),
                     "E_abs_max": float(E.abs().max()), **curves, "hoeffding_observed": t_obs,
                     "ratio_max_observed": max(d / t for d, t in zip(curves["dev_q"], t_obs)),

@@ -10,10 +10,13 @@ maps up to the factor c^L and LRP-epsilon's fixed stabiliser), with every weight
 What the paper says (abstract, claim 5): the constants of LRP-beta do not depend on weight
 norms, those of the gradient and LRP-epsilon do. Measured per c, at each explained input:
 
-* ``constant``: the multiplier in B that is independent of the input's output-side quantity:
-  LRP-beta ``B / |R_out|`` (the weight-free (1 + 2 beta)^L of the R form), gradient ``B`` (seed 1),
-  LRP-epsilon ``B / ||x||_inf`` (c form with c_out = 1): products of layer norms for the latter two;
-* ``B``, the output relevance |R_out| = |f_t(x)| and the observed max |R_i|, with the ratio
+* ``constant`` = ``attribution_bound``'s ``K_uniform``, the factor of B valid for every input:
+  LRP-beta ``(1 + 2 beta)^L`` (R form, B = K |f_t(x)|), the gradient ``prod_l sigma_l`` (c form,
+  B = K), LRP-epsilon the same product (c form, B = K max|x_i|), with sigma_l = ||W_l||_2 on
+  Conv/Linear layers and the pooling matrices' norms;
+* ``K_observed``: the product of the actual per-layer norms at x (||M_l||_1 for LRP-beta, the
+  c-form matrices' largest singular values for the others);
+* ``B`` at x, the output relevance |R_out| = |f_t(x)| and the observed max |R_i|, with the ratio
   max |R_i| / |R_out| (scale-free for every method because the whole network is homogeneous).
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .setup import METHODS, LRPBoundsConfig, attribute, bounds_at
+from .setup import METHODS, LRPBoundsConfig, attribute, bound_row
 
 __all__ = ["scale_weights", "parametrised_layers", "run_scaling"]
 
@@ -62,11 +65,11 @@ def run_scaling(model, inputs: torch.Tensor, targets: list[int], cfg: LRPBoundsC
         homogeneity[c] = float(((out - c ** L * base).abs().max() / (c ** L * base).abs().max()))
         for m in METHODS:
             for k, (x, t) in enumerate(zip(inputs, targets)):
-                b = bounds_at(net, x[None], t, m)
+                b = bound_row(net, x, t, m)
                 R = attribute(net, x[None], t, m)
                 r_out = abs(float(out[k, t]))
-                rows.append({"c": c, "method": m, "input": k, "B": float(b["B"][0]),
-                             "constant": float(b["constant"][0]), "output_relevance": r_out,
+                rows.append({"c": c, "method": m, "input": k, "B": b["B"], "constant": b["K_uniform"],
+                             "K_observed": b["K_observed"], "holds": bool(b["holds"]), "output_relevance": r_out,
                              "observed_max": float(R.abs().max()), "observed_over_rout": float(R.abs().max()) / r_out})
         log(f"  c = {c:g}: " + ", ".join(
             f"{m} constant {np.median([r['constant'] for r in rows if r['c'] == c and r['method'] == m]):.4g}"
@@ -82,7 +85,8 @@ def _summary(rows: list[dict], scales) -> dict:
         for c in scales:
             rs = [r for r in rows if r["c"] == c and r["method"] == m]
             per_c[c] = {k: float(np.median([r[k] for r in rs]))
-                        for k in ("constant", "B", "output_relevance", "observed_max", "observed_over_rout")}
+                        for k in ("constant", "K_observed", "B", "output_relevance", "observed_max",
+                                  "observed_over_rout")}
         # per input: the constant's largest relative change from c = 1, and its growth from the smallest to largest c
         rel_change, growth = [], []
         for k in {r["input"] for r in rows}:
@@ -90,6 +94,9 @@ def _summary(rows: list[dict], scales) -> dict:
             ref = by_c.get(1.0, by_c[scales[0]])
             rel_change.append(max(abs(v / ref - 1) for v in by_c.values()))
             growth.append(by_c[max(scales)] / by_c[min(scales)])
+        obs = {k: {r["c"]: r["K_observed"] for r in rows if r["method"] == m and r["input"] == k}
+               for k in {r["input"] for r in rows}}
         out[m] = {"per_c": per_c, "max_rel_change": max(rel_change), "growth_min": min(growth),
-                  "growth_max": max(growth)}
+                  "growth_max": max(growth), "all_hold": all(r["holds"] for r in rows if r["method"] == m),
+                  "observed_growth": [v[max(scales)] / v[min(scales)] for v in obs.values()]}
     return out

@@ -7,9 +7,9 @@ Methods (``METHODS``), all with the output relevance / seed of the target logit:
 * ``beta``: LRP-beta, alpha-beta with ``alpha = 1 + BETA``, ``beta = BETA`` on every Conv/Linear.
 
 Average pooling takes the epsilon (Norm) rule and max pooling winner-takes-all in both LRP
-methods (``spectralens.lrp`` defaults). The component-wise bound B of each method at one
-input comes from ``spectralens.lrp.bounds.attribution_bound`` (helper B's module; its
-docstring says which bound is the paper's and which is derived).
+methods (``spectralens.lrp`` defaults). The component-wise bound B of each method comes from
+``spectralens.lrp.bounds.attribution_bound``; its formulas are derived there from the rule
+definitions (the paper's abstract only claims that such bounds exist).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LRPBoundsConfig", "METHODS", "EPSILON", "BETA", "attribute", "trained_model", "bounds_at"]
+__all__ = ["LRPBoundsConfig", "METHODS", "EPSILON", "BETA", "attribute", "trained_model", "pick_inputs",
+           "bound_row"]
 
 EPSILON = 1e-2  # LRP-epsilon's stabiliser (absolute, in units of each layer's pre-activation)
 BETA = 1.0  # LRP-beta: alpha = 1 + beta = 2, the usual alpha2-beta1
@@ -35,12 +36,12 @@ class LRPBoundsConfig:
     repeats: int = 100  # independent means per T (the (1 - delta) quantile is taken over these)
     t_max: int = 256  # T runs over 1, 2, 4, ..., t_max
     delta: float = 0.05  # Hoeffding: P(|mean - E| >= t) <= delta
-    n_bound: int = 32  # augmented copies on which B is evaluated (B = their max, the clean input included)
     noise_sigma: float = 0.15  # SmoothGrad: x + sigma * N(0, I), pixels in [0, 1]
     contrast: float = 0.3  # jitter: clip(a x + b + jitter_noise * N(0, I), 0, 1), a ~ U[1 - contrast, 1 + contrast]
     brightness: float = 0.15  # b ~ U[-brightness, brightness]
     jitter_noise: float = 0.05
     scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # part (ii): weights x c
+    scaling_inputs: int | None = None  # part (ii) on the first this many inputs (None: all n_inputs)
     epochs: int = 30  # CNN training (DigitsTrainConfig)
     chunk: int = 4096  # attributions per call
 
@@ -87,20 +88,21 @@ def pick_inputs(model, data, n: int) -> tuple[torch.Tensor, list[int]]:
     return data.x_test[idx], [int(data.y_test[i]) for i in idx]
 
 
-def bounds_at(model, xs: torch.Tensor, target: int, method: str) -> dict:
-    """B at each input of ``xs`` (N, 1, 8, 8): {"B": (N,) float64, "output_relevance": (N,), "constant": (N,)}.
+def bound_row(model, x: torch.Tensor, target: int, method: str, *, x_bound: float | None = None,
+              out_bound: float | None = None) -> dict:
+    """``lrp.bounds.attribution_bound`` of ``method`` at one image ``x`` (1, 8, 8) or (1, 1, 8, 8), as a dict.
 
-    ``constant`` is what multiplies the output-side quantity in the bound: ``B / |R_out|`` for
-    LRP-beta (R form), ``B / 1`` for the gradient (seed 1), ``B / ||x||_inf`` for LRP-epsilon
-    (c form, c_out = 1); see ``spectralens.lrp.bounds``.
+    Keys used here: ``K_uniform`` (the constant, valid for every input: prod_l ||W_l||_2 and pooling
+    norms for the gradient and LRP-epsilon, (1 + 2 beta)^L for LRP-beta), ``B_uniform`` = K_uniform
+    x the scale it multiplies (1, ``x_bound`` >= max|x_i|, or ``out_bound`` >= |f_t(x)|), ``B`` and
+    ``K`` at ``x`` itself, ``K_observed`` (the actual per-layer norms' product at ``x``),
+    ``observed_absmax`` = max |R_i(x)|, ``holds``.
     """
     from spectralens.lrp import bounds
 
-    Bs, routs, consts = [], [], []
-    for x in xs:
-        b = bounds.attribution_bound(model, x, target=target, **METHODS[method])
-        Bs.append(float(b.B))
-        routs.append(float(b.output_relevance))
-        consts.append(float(b.constant))
-    return {"B": torch.tensor(Bs, dtype=torch.float64), "output_relevance": torch.tensor(routs, dtype=torch.float64),
-            "constant": torch.tensor(consts, dtype=torch.float64)}
+    x = x.reshape(1, *x.shape[-3:])
+    opts = {k: v for k, v in METHODS[method].items() if k != "rule"}
+    df = bounds.attribution_bound(model, x, METHODS[method]["rule"], target=target, x_bound=x_bound,
+                                  out_bound=out_bound, **opts)
+    row = df.iloc[0].to_dict()
+    return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in row.items()}
