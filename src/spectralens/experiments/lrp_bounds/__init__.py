@@ -123,9 +123,13 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, log=print, threads
         "LRP-beta); 'max |R_i| / B' checks it covers every copy.",
         "Observed max|R_i| / |R_out| per c (median over inputs): " + "; ".join(
             f"{m}: " + ", ".join(fmt(summ[m]['per_c'][c]['observed_over_rout'], 4) for c in sorted(cfg.scales))
-            for m in METHODS) + ". Every method's attributions scale exactly like the output (the network is "
-        "positively homogeneous), so only the constants' form separates the methods: beta's multiplies the output "
-        "relevance and is weight-free; the gradient's and epsilon's multiply a unit seed and carry the weight norms.",
+            for m in METHODS) + ". The gradient's and LRP-beta's attributions scale exactly like the output (the "
+        "network is positively homogeneous), LRP-epsilon's up to its fixed stabiliser; so only the constants' form "
+        "separates the methods: beta's multiplies the output relevance and is weight-free, the gradient's and "
+        "epsilon's multiply a unit seed (times max|x_i|) and carry the weight norms.",
+        "Weight-free is not smaller: at c = 1 the median B over inputs is " + ", ".join(
+            f"{m} {fmt(summ[m]['per_c'][1.0]['B'], 4)}" for m in METHODS if 1.0 in summ[m]['per_c'])
+        + "; every B is far above the observed max |R_i| (see 'max |R_i| / B' in part (i)).",
         "Homogeneity of the scaled networks, max |f_c - c^L f| / |c^L f|: " + ", ".join(
             f"{v:.1e} (c={c:g})" for c, v in scaling["homogeneity"].items()) + ".",
         f"Thresholds fixed before running: slope band {SLOPE_BAND}, beta tolerance {BETA_TOL:g}, "

@@ -65,6 +65,10 @@ def plot_scaling(scaling: dict, path: Path) -> str:
     axes[0][1].set_xlabel("weight scale c")
     axes[0][1].set_ylabel("observed max|R_i| / |R_out|")
     axes[0][1].set_title("observed attributions per unit output (scale-free)", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xticks(cs)
+        ax.set_xticklabels([f"{c:g}" for c in cs])
+        ax.minorticks_off()
     return save_figure(fig, path)
 
 
