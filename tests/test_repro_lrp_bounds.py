@@ -1,6 +1,7 @@
 """lrp-bounds reproduction: weight scaling, augmentations, deviation statistics, a tiny run end to end."""
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -99,3 +100,11 @@ def test_tiny_run_writes_outputs_and_decides_every_claim(tmp_path):
     summ = out["results"]["scaling"]["summary"]
     growth = summ["gradient"]["growth_min"]
     assert growth == pytest.approx(8.0 ** 4, rel=1e-3)
+
+
+def test_cli_without_scikit_learn_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys):
+    from spectralens.cli import main
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["repro", "lrp-bounds", "--quick", "--out", str(tmp_path)]) == 2
+    assert "pip install spectralens[lrp]" in capsys.readouterr().err

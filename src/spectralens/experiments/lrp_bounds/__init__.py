@@ -10,7 +10,8 @@ A small ReLU CNN (``spectralens.nets.digits_cnn``) trained on scikit-learn's 8 x
     network computes c^L f): LRP-beta's bound constant stays, the gradient's and LRP-epsilon's grow.
 
 Default: 5 test images, E[R] from 8192 copies, 100 repeats of T = 1 .. 256. ``quick``: 2 images
-(part (ii) on the first), 2048 copies, 48 repeats of T = 1 .. 64 (< 60 s on 2 cores). Thresholds are fixed in ``CLAIMS_RULES``.
+(part (ii) on the first), 2048 copies, 48 repeats of T = 1 .. 64 (< 60 s on 2 cores).
+Thresholds are fixed in ``CLAIMS_RULES``; results and limits in ``docs/repro/lrp-bounds.md``.
 """
 from __future__ import annotations
 
