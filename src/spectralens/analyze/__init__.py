@@ -29,6 +29,7 @@ import torch
 from ..fit import fit_marchenko_pastur, fit_power_law
 from ..models import LAYER_TYPES, SourceError, SourceNotFound, TensorRef, as_matrices, dtype_skip_reason, matrix_dims, open_source
 from .metrics import COLUMNS, SUMMARY_METRICS, empty_row, fit_columns, norm_metrics
+from . import lapack
 from .spectra import GramBatch, gram_batch, is_finite
 
 __all__ = ["Analysis", "run_analysis", "analyze", "summarize", "select_refs", "SourceError", "SourceNotFound",
@@ -112,11 +113,12 @@ def run_analysis(
         conv: ``"slices"`` (WeightWatcher: kh*kw slices scaled by sqrt(0.5), ESDs pooled) or
             ``"flatten"`` (one out x in*kh*kw matrix).
         dtype: compute dtype of the Gram matrices and eigensolves. float64 (default): every column
-            as WeightWatcher computes it. float32: about 2x faster on CPU (single-precision syrk
-            and, with scipy, ssyevd); eigenvalues carry absolute errors ~eps32 * lambda_max, so a
-            layer whose fitted tail spans more than ``FLOAT32_MAX_TAIL_RANGE`` (lambda_max/xmin),
-            or which looks zero/rank-1, is recomputed in float64 (its ``dtype`` column says so);
-            ``matrix_rank`` (and the entropy's normaliser) count what float32 resolves.
+            as WeightWatcher computes it. float32: single-precision Gram (syrk, ~2x faster on
+            CPU, no converted copy), float64 eigensolve; eigenvalues then err by < eps32
+            lambda_max, so a layer whose alpha could move by more than ``FLOAT32_ALPHA_TOL``
+            (relative), or that looks zero/rank-1, is recomputed in float64 (its ``dtype``
+            column says so); ``matrix_rank`` (and the entropy's normaliser) count what float32
+            resolves.
         min_evals: layers with fewer pooled eigenvalues get a status and no fit.
         keep_esd: keep each layer's eigenvalues in ``Analysis.esd`` (for plots).
         progress: called as ``progress(done, total, name)`` after each layer.
@@ -217,18 +219,27 @@ def run_analysis(
     return Analysis(layers=df, esd=esd, summary=summarize(df), source=src.description, settings=settings)
 
 
-# float32 eigenvalues carry absolute errors of about eps32 * lambda_max (measured 3.7e-8 lambda_max
-# for 768 x 768 Grams), i.e. a relative error of eps32 * lambda_max / xmin on the fitted tail.
-# Above this ratio a float32 layer is recomputed in float64, so the tail is good to ~1e-5.
-FLOAT32_MAX_TAIL_RANGE = 1e3
+# float32 mode: a layer is recomputed in float64 when the float32 eigenvalue error could move
+# its alpha by more than this (relative; 10x under the 1e-3 parity bound with WeightWatcher).
+FLOAT32_ALPHA_TOL = 1e-4
 
 
 def _needs_float64(row: dict) -> bool:
-    """A float32 row whose fit reaches eigenvalues float32 cannot resolve to ~1e-5 relative."""
-    if row["status"] != "ok" and not str(row["status"]).startswith("fit failed"):
-        return row["status"] in ("zero matrix", "rank-1 matrix (no spectrum to fit)")
-    xmin, lam_max = float(row.get("xmin", math.nan)), float(row["lambda_max"])
-    return not (xmin > 0 and lam_max / xmin <= FLOAT32_MAX_TAIL_RANGE)
+    """Whether a float32 row must be recomputed in float64.
+
+    With absolute eigenvalue errors E (``lapack.float32_gram_error``), each log(lambda_i/xmin)
+    in the MLE moves by at most ~2E/xmin, so alpha - 1 = n / sum log(lambda_i/xmin) moves by a
+    relative ~(alpha - 1) 2E/xmin: refined above ``FLOAT32_ALPHA_TOL``. Zero / rank-1 verdicts
+    and failed fits are also redone in float64.
+    """
+    if row["status"] != "ok":
+        return row["status"] in ("zero matrix", "rank-1 matrix (no spectrum to fit)") or \
+            str(row["status"]).startswith("fit failed")
+    xmin, lam_max, alpha = float(row["xmin"]), float(row["lambda_max"]), float(row["alpha"])
+    if not (xmin > 0 and math.isfinite(alpha)):
+        return True
+    err = lapack.float32_gram_error(lam_max)
+    return (alpha - 1.0) * 2.0 * err / xmin > FLOAT32_ALPHA_TOL
 
 
 def _float64_esd(ref: TensorRef, conv: str) -> np.ndarray | None:
