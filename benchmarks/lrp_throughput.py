@@ -40,7 +40,7 @@ import json
 import statistics
 import sys
 import time
-import types
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -51,39 +51,12 @@ EPS = 1e-6
 RULES = ("epsilon", "zplus", "alpha2_beta1")
 
 
-def _stub_torchvision() -> None:
-    """Zennit imports torchvision.models.resnet only for isinstance checks (same stub as tests/zennit_shim.py)."""
-    try:
-        import torchvision.models.resnet  # noqa: F401
-        return
-    except Exception:  # missing, or a CUDA build that fails to load its ops
-        pass
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-    tv = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-
-    class BasicBlock(torch.nn.Module):
-        """Placeholder: zennit.torchvision only uses it in isinstance checks."""
-
-    class Bottleneck(torch.nn.Module):
-        """Placeholder: zennit.torchvision only uses it in isinstance checks."""
-
-    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
-    tv.models, models.resnet = models, resnet
-    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
-
-
 def _import_zennit():
-    if importlib.util.find_spec("zennit") is None:
-        return None
-    _stub_torchvision()
-    import zennit.attribution  # noqa: F401
-    import zennit.composites  # noqa: F401
-    import zennit.rules  # noqa: F401
-    import zennit.types  # noqa: F401
-    return sys.modules["zennit"]
+    """zennit via the tests' shim (it stubs torchvision, whose PyPI wheels need a CUDA torch)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from zennit_shim import load_zennit
+
+    return load_zennit()
 
 
 def cifar_cnn() -> nn.Sequential:

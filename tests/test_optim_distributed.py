@@ -56,6 +56,10 @@ def _worker(mode: str, out: str) -> None:
     for kind in ("muon", "hybrid"):
         _run_kind(mode, kind, out, dist.get_rank())
     dist.destroy_process_group()
+    # Results are on disk. Skip interpreter teardown: a backend thread still joinable at exit
+    # intermittently aborted the process ("terminate called without an active exception").
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _run_kind(mode: str, kind: str, out: str, rank: int) -> None:

@@ -9,7 +9,10 @@ missing. Nothing in our tests uses the ResNet canonizers.
 Usage in a test module::
 
     from zennit_shim import import_zennit
-    zennit = import_zennit()          # skips the module if zennit is not installed
+    zennit = import_zennit()          # skips the test if zennit is not installed
+
+The placeholders are removed from ``sys.modules`` once zennit is imported, so libraries that
+probe for torchvision afterwards (transformers) still see it as missing.
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ import importlib.util
 import sys
 import types
 
-import pytest
 import torch
 
 
-def _stub_torchvision() -> None:
+def _stub_torchvision() -> bool:
+    """Put placeholder torchvision modules in sys.modules if the real one does not import."""
     try:
         import torchvision.models.resnet  # noqa: F401
-        return
+        return False
     except Exception:  # missing, or a CUDA build that fails to load its ops
         pass
     for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
@@ -42,15 +45,34 @@ def _stub_torchvision() -> None:
     resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
     tv.models, models.resnet = models, resnet
     sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    return True
+
+
+def load_zennit():
+    """The ``zennit`` package (composites, rules, attribution loaded), or None if not installed.
+
+    Also used by ``benchmarks/lrp_throughput.py`` (no pytest needed)."""
+    if importlib.util.find_spec("zennit") is None:
+        return None
+    stubbed = _stub_torchvision()
+    try:
+        import zennit
+        import zennit.attribution  # noqa: F401
+        import zennit.composites  # noqa: F401
+        import zennit.rules  # noqa: F401
+        import zennit.types  # noqa: F401
+    finally:
+        if stubbed:  # zennit keeps its references; everyone else must see torchvision as missing
+            for name in ("torchvision.models.resnet", "torchvision.models", "torchvision"):
+                sys.modules.pop(name, None)
+    return zennit
 
 
 def import_zennit():
-    """Return the ``zennit`` package (with composites, rules, attribution loaded), or skip."""
-    if importlib.util.find_spec("zennit") is None:
+    """Return the ``zennit`` package, or skip the calling test if it is not installed."""
+    zennit = load_zennit()
+    if zennit is None:
+        import pytest
+
         pytest.skip("zennit is a test-only peer: pip install --no-deps zennit==0.5.1")
-    _stub_torchvision()
-    import zennit
-    import zennit.attribution  # noqa: F401
-    import zennit.composites  # noqa: F401
-    import zennit.rules  # noqa: F401
     return zennit

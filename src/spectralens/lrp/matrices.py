@@ -48,6 +48,7 @@ from torch import nn
 
 from .errors import ModuleReuseError, UnsupportedLayerError
 from .layers import Sum
+from .rules import stabilize
 
 __all__ = ["LayerMatrix", "LayerMatrices", "layer_matrices", "chain", "RULE_NAMES", "INPUT_RULE_NAMES"]
 
@@ -129,11 +130,6 @@ class LayerMatrices(list):
         onehot = torch.zeros_like(self.logits)
         onehot[target] = 1.0
         return onehot if self.rule in GRADIENT_RULES else onehot * self.logits
-
-
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``s(z) = z + eps * sign(z)``, ``sign(0) := +1`` (Zennit's Stabilizer)."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z)
 
 
 def _div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

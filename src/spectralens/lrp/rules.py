@@ -29,13 +29,20 @@ from .layers import AFFINE, affine, params
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``s(z) = z + eps * sign(z)`` with ``sign(0) := +1`` (Zennit's ``Stabilizer``)."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z)
+    """``s(z) = z + eps * sign(z)`` with ``sign(0) := +1`` (Zennit's ``Stabilizer``); |s(z)| >= eps."""
+    return torch.where(z >= 0, z + eps, z - eps)
 
 
 def _divide(r: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
-    """``r / denom`` with ``0 / 0 := 0`` (only reachable with eps = 0; Zennit returns NaN there)."""
-    return torch.where(denom == 0, torch.zeros_like(r), r / torch.where(denom == 0, torch.ones_like(denom), denom))
+    """``r / denom`` with ``0 / 0 := 0`` (a zero denominator needs eps = 0; Zennit returns NaN there).
+
+    One division and one reduction on the common path: the masked version (three more element-wise
+    passes) runs only when some denominator is exactly zero.
+    """
+    out = r / denom
+    if bool((denom == 0).any()):
+        out = torch.where(denom == 0, torch.zeros_like(out), out)
+    return out
 
 
 def _check_nonneg(name: str, value: float) -> float:
