@@ -265,3 +265,15 @@ def test_convergence_table_and_errors():
     with pytest.raises(ValueError, match="either"):
         bounds.attribution_bound(layers, _x((1, 6), 0))
     assert bounds.singular_values(layers[0]).shape == (6,)  # min(n_in, n_out) = min(6, 10)
+
+
+def test_sparse_column_singular_values_match_svd():
+    """The O(n m) path for matrices with <= 1 nonzero per column equals a full SVD."""
+    from spectralens.lrp.bounds import _svdvals
+
+    g = torch.Generator().manual_seed(0)
+    diag = torch.diag(torch.rand(7, generator=g, dtype=torch.float64) * (torch.rand(7, generator=g) > 0.3))
+    routing = torch.zeros(12, 5, dtype=torch.float64)
+    routing[torch.tensor([0, 3, 3, 7, 11]), torch.arange(5)] = 1.0  # two outputs read input 3
+    for M in (diag, routing, routing.T.contiguous() * 0, torch.zeros(4, 6, dtype=torch.float64)):
+        torch.testing.assert_close(_svdvals(M), torch.linalg.svdvals(M))

@@ -74,6 +74,17 @@ def singular_values(layer: LayerMatrix, form: str = "R") -> torch.Tensor:
     mat = layer.M if form == "R" else layer.C
     if mat is None:
         raise ValueError(f"layer {layer.name!r} has no {form!r}-form matrix")
+    return _svdvals(mat)
+
+
+def _svdvals(mat: torch.Tensor) -> torch.Tensor:
+    """Descending singular values of ``mat`` (n_in, n_out); O(n_in n_out) for the many matrices
+    with at most one nonzero per column (ReLU diagonals, identities, max-pool routing), where
+    M M^T is diagonal: s = sqrt(row sums of M^2), padded with zeros to min(n_in, n_out)."""
+    if mat.numel() == 0 or int((mat != 0).sum(0).max()) <= 1:
+        k = min(mat.shape)
+        sv = torch.sort(mat.pow(2).sum(1).sqrt(), descending=True).values
+        return torch.cat([sv, sv.new_zeros(max(0, k - sv.numel()))])[:k]
     return torch.linalg.svdvals(mat)
 
 
@@ -105,12 +116,12 @@ def _assumption(layer: LayerMatrix) -> str:
 
 def _row(layer: LayerMatrix, form: str) -> dict:
     mat = layer.C if form == "c" else layer.M
-    sv = torch.linalg.svdvals(mat)
+    sv = _svdvals(mat)
     absm = mat.abs()
     norm1, norminf = float(absm.sum(0).max()), float(absm.sum(1).max())
     row = dict(index=layer.index, layer=layer.name, kind=layer.kind, rule=layer.rule, form=form,
                n_in=layer.n_in, n_out=layer.n_out, fanout=layer.fanout, sigma_max=float(sv[0]),
-               sigma_min=float(sv[-1]), sigma_max_R=float(torch.linalg.svdvals(layer.M)[0]) if form == "c"
+               sigma_min=float(sv[-1]), sigma_max_R=float(_svdvals(layer.M)[0]) if form == "c"
                else float(sv[0]), norm1=norm1, holder=math.sqrt(norm1 * norminf),
                entry_min=float(mat.min()), entry_max=float(mat.max()), assumption=_assumption(layer))
     nan = float("nan")
