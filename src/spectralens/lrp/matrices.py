@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModuleReuseError, UnsupportedLayerError
-from .layers import Sum
+from .layers import AFFINE, Sum
+from ._trace import Call, merge_batchnorm_calls, trace
 from .rules import stabilize
 
 __all__ = ["LayerMatrix", "LayerMatrices", "layer_matrices", "chain", "RULE_NAMES", "INPUT_RULE_NAMES"]
@@ -57,11 +58,9 @@ INPUT_RULE_NAMES = ("zb", "flat", "wsquare")
 GRADIENT_RULES = ("gradient", "gradient_x_input")
 DEFAULT_MAX_ENTRIES = 1 << 22  # 4.2M float64 entries = 32 MiB per dense matrix
 
-_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d)
 _IDENTITY = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Identity)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _OPTIONS = {"epsilon": ("epsilon", "stabilizer"), "lrp0": ("stabilizer",), "gamma": ("gamma", "stabilizer"),
             "zplus": ("stabilizer",), "alpha_beta": ("alpha", "beta", "stabilizer"),
             "adaptive_beta": ("beta_max", "stabilizer"), "gradient": (), "gradient_x_input": ()}
@@ -173,109 +172,6 @@ def _parse_options(rule: str, input_rule: str | None, options: dict) -> dict:
     return o
 
 
-# ----------------------------------------------------------------------------- tracing
-@dataclass
-class _Call:
-    name: str
-    module: nn.Module
-    inputs: list          # float64 clones, batch-1 shapes
-    output: torch.Tensor  # float64 clone
-    producers: list       # producer call index per input (-1: model input)
-
-
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Call], torch.Tensor, int]:
-    """Run ``model(x)`` once with hooks on every leaf module; return the calls in forward order,
-    the logits and the index of the call that produced them. Each call's inputs are matched to
-    the producing call by tensor identity, or else by value as a reshape (``x.view(1, -1)``)."""
-    calls: list[_Call] = []
-    by_id: dict[int, int] = {id(x): -1}
-    keep = [x]  # keep traced tensors alive so that id() stays unique
-    pending: dict[int, tuple] = {}
-
-    def find(t: torch.Tensor, consumer: str) -> int:
-        if id(t) in by_id:
-            return by_id[id(t)]
-        flat = t.detach().reshape(-1)
-        for i in range(len(calls) - 1, -2, -1):  # a reshape of a recent output (or of x)
-            out = calls[i].output if i >= 0 else x.detach()
-            if out.numel() == flat.numel() and torch.equal(out.reshape(-1), flat):
-                return i
-        raise ValueError(f"the input of module {consumer!r} is not the output of a module (nor a reshape of one): "
-                         "layer_matrices needs every operation between layers as a module "
-                         "(nn.ReLU, nn.Flatten, spectralens.lrp.Sum, ...), not a functional call in forward()")
-
-    def pre(module, args):
-        if any(not isinstance(a, torch.Tensor) for a in args):
-            raise ValueError(f"module {names[module]!r} got non-tensor inputs; layer_matrices needs tensor inputs")
-        pending[id(module)] = ([find(a, names[module]) for a in args], [a.detach().clone() for a in args])
-        keep.extend(args)
-
-    def post(module, args, output):
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(f"module {names[module]!r} returned {type(output).__name__}, not a tensor")
-        producers, inputs = pending.pop(id(module))
-        calls.append(_Call(names[module], module, inputs, output.detach().clone(), producers))
-        by_id[id(output)] = len(calls) - 1
-        keep.append(output)
-
-    names = {}
-    for path, m in model.named_modules():
-        if next(m.children(), None) is None or isinstance(m, Sum):
-            names[m] = path or "<root>"
-    handles = [h for m in names for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
-        raise ValueError(f"the model must return logits of shape (1, classes) for one sample, got "
-                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    return calls, out.detach().reshape(-1), find(out, "<output>")
-
-
-def _merge_batchnorm(calls: list[_Call]):
-    """Fold each BatchNorm call into the Linear/Conv call feeding it (Zennit's formula). Returns the
-    remaining calls (producer indices remapped), ``{new index: (W', b', name)}`` for the merged ones
-    and the old -> new index map."""
-    consumers: dict[int, int] = {}
-    for c in calls:
-        for p in c.producers:
-            consumers[p] = consumers.get(p, 0) + 1
-    merged, drop = {}, {}
-    for i, c in enumerate(calls):
-        if not isinstance(c.module, _BN):
-            continue
-        p = c.producers[0]
-        bn = c.module
-        if p < 0 or not isinstance(calls[p].module, _AFFINE) or consumers.get(p) != 1 or bn.running_var is None:
-            raise UnsupportedLayerError(c.name, type(bn).__name__, "layer_matrices merges a BatchNorm only into "
-                                        "the Linear/Conv directly before it (whose output feeds nothing else).")
-        aff = calls[p].module
-        w = aff.weight.detach()
-        b = aff.bias.detach() if aff.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-        scale = (bn.running_var + bn.eps).rsqrt()
-        scale = scale * bn.weight.detach() if bn.weight is not None else scale
-        shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
-        merged[p] = (w * scale.reshape(-1, *([1] * (w.ndim - 1))), (b - bn.running_mean) * scale + shift,
-                     f"{calls[p].name}+{c.name}")
-        calls[p].output = c.output
-        drop[i] = p
-    keep = [i for i in range(len(calls)) if i not in drop]
-    new_index = {old: new for new, old in enumerate(keep)}
-
-    def remap(p):
-        p = drop.get(p, p)
-        return -1 if p < 0 else new_index[p]
-
-    out = []
-    for i in keep:
-        c = calls[i]
-        out.append(_Call(c.name, c.module, c.inputs, c.output, [remap(p) for p in c.producers]))
-    return out, {new_index[p]: v for p, v in merged.items()}, remap
-
-
 # ----------------------------------------------------------------------------- per-layer matrices
 def _affine(module, a, w, b):
     if isinstance(module, nn.Linear):
@@ -290,7 +186,7 @@ def _check_size(name, module, n_in, n_out, max_entries):
                          "networks: use a smaller model/input or raise max_entries")
 
 
-def _affine_layer(c: _Call, w, b, rule: str, o: dict, xflat):
+def _affine_layer(c: Call, w, b, rule: str, o: dict, xflat):
     """(M, C, W, fanout) for a Linear/Conv call with (merged) kernel ``w`` and bias ``b``."""
     shape = c.inputs[0].shape
     n_in = c.inputs[0].numel()
@@ -357,7 +253,7 @@ def _affine_layer(c: _Call, w, b, rule: str, o: dict, xflat):
     return M, C, W, fanout
 
 
-def _other_layer(c: _Call, gradient: bool, o: dict):
+def _other_layer(c: Call, gradient: bool, o: dict):
     """(kind, rule, M, C, fanout, W) for a parameter-free layer (W: average pooling's weights, else None)."""
     m = c.module
     a = c.inputs[0].reshape(-1)
@@ -429,17 +325,17 @@ def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, 
     o = _parse_options(rule, input_rule, rule_options)
     net = copy.deepcopy(model).to(torch.float64).eval()
     xb = _one_sample(net, x.detach().to(torch.float64))
-    calls, logits, out_index = _trace(net, xb)
-    calls, merged, remap = _merge_batchnorm(calls)
+    calls, logits, out_index = trace(net, xb)
+    calls, merged, remap = merge_batchnorm_calls(calls)
     out_index = remap(out_index)
     if out_index < 0:
         raise ValueError("the model's output is its input: there are no layers")
     gradient = rule in GRADIENT_RULES
-    first_affine = next((i for i, c in enumerate(calls) if isinstance(c.module, _AFFINE)), None)
+    first_affine = next((i for i, c in enumerate(calls) if isinstance(c.module, AFFINE)), None)
     seen: set = set()
     built = []
     for i, c in enumerate(calls):
-        if isinstance(c.module, _AFFINE):
+        if isinstance(c.module, AFFINE):
             if c.module in seen:
                 raise ModuleReuseError(c.name, type(c.module).__name__)
             seen.add(c.module)
