@@ -15,11 +15,14 @@ get a row with a ``status`` instead of vanishing, tied weights are computed once
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +144,7 @@ def run_analysis(
                     dtype=str(cdtype).replace("torch.", ""), min_evals=int(min_evals), layers=layers, types=types)
 
     src = open_source(source)
+    pool, limits = None, contextlib.nullcontext()
     try:
         refs = select_refs(src.refs, layers, types)
         total = len(refs)
@@ -170,6 +174,27 @@ def run_analysis(
                     esd[refs[i].name] = ev
                 emit(i)
 
+        def take(i: int, C: torch.Tensor | None, scale: float, status: str | None) -> None:
+            """Queue layer i's Gram for a batched eigensolve (or record why it has none)."""
+            if C is None:
+                N, M, rf = dims[i]
+                rows[i] = empty_row(refs[i].name, refs[i].layer_type, refs[i].shape, N, M, rf, refs[i].dtype, status)
+                emit(i)
+                return
+            k = int(C.shape[-1])
+            batch = pending.setdefault(k, GramBatch(k))
+            batch.add(i, C, scale)
+            if batch.count >= _BATCH_MAX or (batch.count >= _MIN_BATCH and batch.count * k * k * C.element_size() >= batch_bytes):
+                finish(batch.solve())
+
+        # In-memory CPU models: one layer's Gram per core at once, every BLAS single-threaded
+        # (2-threaded OpenBLAS pools left spinning slowed the per-core eigensolves; see
+        # docs/benchmarks.md). Files are read layer by layer, so memory follows the largest tensor.
+        workers = lapack.cpu_count()
+        inflight: deque = deque()
+        if workers >= 2 and _in_memory_cpu(source):
+            pool, limits = ThreadPoolExecutor(workers), lapack.one_blas_thread()
+        limits.__enter__()
         for i, ref in enumerate(refs):
             N, M, rf = dims[i]
             reason = dtype_skip_reason(ref.dtype)
@@ -186,24 +211,16 @@ def run_analysis(
                     tied[i] = first_of_tie[ref.tie]
                     continue
                 first_of_tie[ref.tie] = i
-            W = ref.load()
-            mats, scale = as_matrices(W, conv)
-            C = gram_batch(mats, cdtype)
-            if not is_finite(C) and cdtype != torch.float64:  # float32 overflow: retry in float64
-                C = gram_batch(mats, torch.float64)
-            if not is_finite(C):
-                bad = int((~torch.isfinite(W)).sum()) if W.is_floating_point() else 0
-                status = (f"non-finite weights: {bad} NaN/Inf entries" if bad
-                          else "non-finite Gram matrix (overflow)")
-                rows[i] = empty_row(ref.name, ref.layer_type, ref.shape, N, M, rf, ref.dtype, status)
-                emit(i)
+            if pool is None:
+                take(i, *_layer_gram(ref, conv, cdtype, False))
                 continue
-            del W, mats
-            k = int(C.shape[-1])
-            batch = pending.setdefault(k, GramBatch(k))
-            batch.add(i, C, scale)
-            if batch.count >= _BATCH_MAX or (batch.count >= _MIN_BATCH and batch.count * k * k * C.element_size() >= batch_bytes):
-                finish(batch.solve())
+            inflight.append((i, pool.submit(_layer_gram, ref, conv, cdtype, True)))
+            while len(inflight) > 2 * workers:  # in model order; bounded Grams in flight
+                j, fut = inflight.popleft()
+                take(j, *fut.result())
+        while inflight:
+            j, fut = inflight.popleft()
+            take(j, *fut.result())
         for batch in pending.values():
             finish(batch.solve())
         for i, j in tied.items():
@@ -212,6 +229,9 @@ def run_analysis(
                 esd[refs[i].name] = esd[refs[j].name]
             emit(i)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        limits.__exit__(None, None, None)
         if src is not source:
             src.close()
 
@@ -240,6 +260,32 @@ def _needs_float64(row: dict) -> bool:
         return True
     err = lapack.float32_gram_error(lam_max)
     return (alpha - 1.0) * 2.0 * err / xmin > FLOAT32_ALPHA_TOL
+
+
+def _layer_gram(ref: TensorRef, conv: str, cdtype: torch.dtype, use_numpy: bool):
+    """Load one layer and form its Gram stack: (C, scale, None), or (None, scale, status) when
+    the weights or the Gram are not finite. A float32 Gram that overflows is redone in float64."""
+    W = ref.load()
+    mats, scale = as_matrices(W, conv)
+    C = gram_batch(mats, cdtype, use_numpy)
+    if not is_finite(C) and cdtype != torch.float64:  # float32 overflow: retry in float64
+        C = gram_batch(mats, torch.float64, use_numpy)
+    if not is_finite(C):
+        bad = int((~torch.isfinite(W)).sum()) if W.is_floating_point() else 0
+        return None, scale, (f"non-finite weights: {bad} NaN/Inf entries" if bad
+                             else "non-finite Gram matrix (overflow)")
+    return C, scale, None
+
+
+def _in_memory_cpu(source: Any) -> bool:
+    """An nn.Module or a mapping of tensors, all on the CPU (its tensors are already loaded)."""
+    if isinstance(source, torch.nn.Module):
+        tensors = list(source.parameters()) + list(source.buffers())
+    elif isinstance(source, Mapping):
+        tensors = [v for v in source.values() if isinstance(v, torch.Tensor)]
+    else:
+        return False
+    return all(t.device.type == "cpu" for t in tensors)
 
 
 def _float64_esd(ref: TensorRef, conv: str) -> np.ndarray | None:

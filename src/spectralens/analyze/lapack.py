@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["HAVE_SCIPY", "gram_into", "eigvalsh", "float32_gram_error", "one_blas_thread"]
+__all__ = ["HAVE_SCIPY", "gram_into", "eigvalsh", "float32_gram_error", "one_blas_thread", "cpu_count"]
 
 try:
     from scipy.linalg import blas as _blas
-    from scipy.linalg import eigvalsh as _scipy_eigvalsh
 
     HAVE_SCIPY = True
 except Exception:  # pragma: no cover - scipy is a dependency; numpy fallback if it is broken
     HAVE_SCIPY = False
 
 
-def gram_into(C: np.ndarray, X: np.ndarray) -> None:
+def gram_into(C: np.ndarray, X: np.ndarray, use_numpy: bool = False) -> None:
     """C += X^T X for X (n, m), in place, full symmetric C (m, m) of X's dtype.
 
     scipy's syrk computes one triangle, with no copy of X when X or X^T is Fortran-ordered
-    (``X.T`` of a C-ordered X is); the triangle is then mirrored (O(m^2)). Overflow gives inf,
-    which the caller detects.
+    (``X.T`` of a C-ordered X is); the triangle is then mirrored (O(m^2)). ``use_numpy``: numpy's
+    ``X.T @ X`` (also a syrk), which releases the GIL (scipy's wrapper does not), for Grams
+    computed in parallel threads with one BLAS thread each. Overflow gives inf, which the
+    caller detects.
     """
     with np.errstate(over="ignore", invalid="ignore"):
-        if not HAVE_SCIPY or X.dtype not in (np.float32, np.float64) or C.dtype != X.dtype:
+        if use_numpy or not HAVE_SCIPY or X.dtype not in (np.float32, np.float64) or C.dtype != X.dtype:
             C += X.T @ X  # numpy: same buffer, transposed -> syrk
             return
         syrk = _blas.ssyrk if X.dtype == np.float32 else _blas.dsyrk
@@ -68,7 +69,7 @@ def eigvalsh(C: np.ndarray) -> np.ndarray:
     if stack.shape[0] == 0:
         return np.zeros(stack.shape[:-1], np.float64)
     solve = _syevd() or _fallback_eigvalsh
-    workers = min(_cpu_count(), stack.shape[0])
+    workers = min(cpu_count(), stack.shape[0])
     if workers < 2 or _syevd() is None:
         out = np.stack([solve(c) for c in stack])
     else:
@@ -146,7 +147,7 @@ def _load_syevd():
     return solve
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     import os
 
     try:
