@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrp_nets import randomize_batchnorm
+
 from spectralens import lrp
 from spectralens.lrp import composites, rules
 
@@ -18,14 +20,7 @@ def cnn(bn=True):
                           nn.MaxPool2d(2), nn.Identity(), nn.Conv2d(4, 6, 3),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(24, 8),
                           *([nn.BatchNorm1d(8)] if bn else []), nn.ReLU(), nn.Linear(8, 5)).double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return model
+    return randomize_batchnorm(model)
 
 
 def x_cnn(n=3):

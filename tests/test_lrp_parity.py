@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from lrp_nets import randomize_batchnorm
+
 from spectralens import lrp
 from spectralens.lrp import composites
 from zennit_shim import import_zennit
@@ -31,13 +33,7 @@ def cnn(dtype=torch.float64, bn=False):
               nn.Linear(24, 8), *([nn.BatchNorm1d(8)] if bn else []), nn.ReLU(), nn.Linear(8, 5)]
     model = nn.Sequential(*layers).to(dtype)
     if bn:  # non-trivial statistics
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.5, 0.5)
-                    m.running_var.uniform_(0.5, 2.0)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.3, 0.3)
+        randomize_batchnorm(model)
     return model.eval()
 
 

@@ -239,7 +239,7 @@ def _path_product(layers: LayerMatrices, values: dict, top: int, bottom: int) ->
             elif p > bottom:
                 u[p] = u.get(p, 0.0) + v * w
             else:
-                raise NotImplementedError("a path from the input bypasses the input-rule layer; the mixed "
+                raise ValueError("a path from the input bypasses the input-rule layer; the mixed "
                                           "R/c bound needs the input rule on the only layer reading the input")
     return acc
 

@@ -75,7 +75,8 @@ class Rule:
             raise UnsupportedLayerError(path, type(module).__name__, f"Rule {self!r} applies to {kinds} only.")
 
     def relevance(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], r: torch.Tensor):
-        raise NotImplementedError
+        """Input relevance of ``module`` given its output relevance ``r``; every rule defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define relevance()")  # abstract
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
