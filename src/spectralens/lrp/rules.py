@@ -19,6 +19,7 @@ gamma), Lapuschkin et al. 2019 (flat), Binder et al. arXiv 2509.08963 (LRP-beta,
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -61,8 +62,8 @@ def _vjp(module: nn.Module, terms, grad_mapper):
         return torch.autograd.grad(zs, xs, gs)
 
 
-class Rule:
-    """Base class. ``relevance(module, inputs, R)`` -> tuple of input relevances (one per input)."""
+class Rule(abc.ABC):
+    """Abstract base class. ``relevance(module, inputs, R)`` -> tuple of input relevances (one per input)."""
 
     #: module types the rule applies to (checked at forward time)
     applies_to: tuple[type, ...] = AFFINE
@@ -74,9 +75,9 @@ class Rule:
             kinds = ", ".join(t.__name__ for t in self.applies_to)
             raise UnsupportedLayerError(path, type(module).__name__, f"Rule {self!r} applies to {kinds} only.")
 
+    @abc.abstractmethod
     def relevance(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], r: torch.Tensor):
-        """Input relevance of ``module`` given its output relevance ``r``; every rule defines it."""
-        raise NotImplementedError(f"{type(self).__name__} does not define relevance()")  # abstract
+        """Input relevance of ``module`` given its output relevance ``r``: a tuple, one per input."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
