@@ -20,9 +20,7 @@ import math
 import re
 import sys
 import types
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +31,7 @@ from ..fit import fit_marchenko_pastur, fit_power_law
 from ..models import LAYER_TYPES, SourceError, SourceNotFound, TensorRef, as_matrices, dtype_skip_reason, matrix_dims, open_source
 from .metrics import COLUMNS, SUMMARY_METRICS, empty_row, fit_columns, norm_metrics
 from . import lapack
+from .per_core import ByteBudget, esds_per_core, task_flops
 from .spectra import GramBatch, gram_batch, is_finite
 
 __all__ = ["Analysis", "run_analysis", "analyze", "summarize", "select_refs", "SourceError", "SourceNotFound",
@@ -144,7 +143,6 @@ def run_analysis(
                     dtype=str(cdtype).replace("torch.", ""), min_evals=int(min_evals), layers=layers, types=types)
 
     src = open_source(source)
-    pool, limits = None, contextlib.nullcontext()
     try:
         refs = select_refs(src.refs, layers, types)
         total = len(refs)
@@ -163,23 +161,32 @@ def run_analysis(
             if progress is not None:
                 progress(done, total, refs[i].name)
 
+        def record(i: int, ev: np.ndarray | None, row_eps: float | None) -> dict:
+            rows[i] = _layer_row(refs[i], dims[i], ev, fit, fix_fingers, mp_fit, min_evals, row_eps)
+            if keep_esd and ev is not None:
+                esd[refs[i].name] = ev
+            return rows[i]
+
+        def mark_refined(i: int) -> None:
+            rows[i]["dtype"] = f"{rows[i]['dtype']} (refined in float64)"
+
         def finish(results: dict) -> None:
             for i, ev in results.items():
-                rows[i] = _layer_row(refs[i], dims[i], ev, fit, fix_fingers, mp_fit, min_evals, eps)
-                if cdtype == torch.float32 and _needs_float64(rows[i]):
-                    ev = _float64_esd(refs[i], conv)
-                    rows[i] = _layer_row(refs[i], dims[i], ev, fit, fix_fingers, mp_fit, min_evals, None)
-                    rows[i]["dtype"] = f"{rows[i]['dtype']} (refined in float64)"
-                if keep_esd and ev is not None:
-                    esd[refs[i].name] = ev
+                row = record(i, ev, eps)
+                if cdtype == torch.float32 and _needs_float64(row):
+                    record(i, _float64_esd(refs[i], conv), None)
+                    mark_refined(i)
                 emit(i)
+
+        def no_spectrum(i: int, status: str) -> None:
+            N, M, rf = dims[i]
+            rows[i] = empty_row(refs[i].name, refs[i].layer_type, refs[i].shape, N, M, rf, refs[i].dtype, status)
+            emit(i)
 
         def take(i: int, C: torch.Tensor | None, scale: float, status: str | None) -> None:
             """Queue layer i's Gram for a batched eigensolve (or record why it has none)."""
             if C is None:
-                N, M, rf = dims[i]
-                rows[i] = empty_row(refs[i].name, refs[i].layer_type, refs[i].shape, N, M, rf, refs[i].dtype, status)
-                emit(i)
+                no_spectrum(i, status)
                 return
             k = int(C.shape[-1])
             batch = pending.setdefault(k, GramBatch(k))
@@ -187,14 +194,7 @@ def run_analysis(
             if batch.count >= _BATCH_MAX or (batch.count >= _MIN_BATCH and batch.count * k * k * C.element_size() >= batch_bytes):
                 finish(batch.solve())
 
-        # In-memory CPU models: one layer's Gram per core at once, every BLAS single-threaded
-        # (2-threaded OpenBLAS pools left spinning slowed the per-core eigensolves; see
-        # docs/benchmarks.md). Files are read layer by layer, so memory follows the largest tensor.
-        workers = lapack.cpu_count()
-        inflight: deque = deque()
-        if workers >= 2 and _in_memory_cpu(source):
-            pool, limits = ThreadPoolExecutor(workers), lapack.one_blas_thread()
-        limits.__enter__()
+        jobs: list[int] = []
         for i, ref in enumerate(refs):
             N, M, rf = dims[i]
             reason = dtype_skip_reason(ref.dtype)
@@ -203,35 +203,51 @@ def run_analysis(
             if reason is None and M * rf < min_evals:
                 reason = f"too few eigenvalues ({M * rf} < min_evals={min_evals})"
             if reason is not None:
-                rows[i] = empty_row(ref.name, ref.layer_type, ref.shape, N, M, rf, ref.dtype, reason)
-                emit(i)
+                no_spectrum(i, reason)
                 continue
             if ref.tie is not None:
                 if ref.tie in first_of_tie:
                     tied[i] = first_of_tie[ref.tie]
                     continue
                 first_of_tie[ref.tie] = i
-            if pool is None:
-                take(i, *_layer_gram(ref, conv, cdtype, False))
-                continue
-            inflight.append((i, pool.submit(_layer_gram, ref, conv, cdtype, True)))
-            while len(inflight) > 2 * workers:  # in model order; bounded Grams in flight
-                j, fut = inflight.popleft()
-                take(j, *fut.result())
-        while inflight:
-            j, fut = inflight.popleft()
-            take(j, *fut.result())
-        for batch in pending.values():
-            finish(batch.solve())
+            jobs.append(i)
+
+        workers = lapack.cpu_count()
+        if workers >= 2 and not _on_accelerator(source):
+            # CPU: whole layers (Gram + eigensolve) one per core, largest first (see per_core).
+            # Files: layers load only within a byte budget of the largest selected tensor, so
+            # memory follows it; in-memory models are already loaded.
+            budget = None if _in_memory_cpu(source) else ByteBudget(max((_nbytes(refs[i]) for i in jobs), default=1))
+
+            def layer_esd(i: int, dt: torch.dtype):
+                hold = contextlib.nullcontext() if budget is None else budget.hold(_nbytes(refs[i]))
+                return _layer_esd(refs[i], conv, dt, hold=hold)
+
+            for i, dt, (ev, status), resubmit in esds_per_core(jobs, lambda i: task_flops(dims[i]), layer_esd,
+                                                                 cdtype, workers):
+                if status is not None:
+                    no_spectrum(i, status)
+                elif dt == torch.float64 and cdtype == torch.float32:  # a refinement came back
+                    record(i, ev, None)
+                    mark_refined(i)
+                    emit(i)
+                elif cdtype == torch.float32 and _needs_float64(record(i, ev, eps)):
+                    resubmit(i, torch.float64)
+                else:
+                    if cdtype == torch.float64:
+                        record(i, ev, eps)
+                    emit(i)
+        else:
+            for i in jobs:
+                take(i, *_layer_gram(refs[i], conv, cdtype, False))
+            for batch in pending.values():
+                finish(batch.solve())
         for i, j in tied.items():
             rows[i] = dict(rows[j], name=refs[i].name, layer_type=refs[i].layer_type)
             if keep_esd and refs[j].name in esd:
                 esd[refs[i].name] = esd[refs[j].name]
             emit(i)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        limits.__exit__(None, None, None)
         if src is not source:
             src.close()
 
@@ -277,6 +293,23 @@ def _layer_gram(ref: TensorRef, conv: str, cdtype: torch.dtype, use_numpy: bool)
     return C, scale, None
 
 
+def _on_accelerator(source: Any) -> bool:
+    """An nn.Module or mapping with a tensor off the CPU (its Grams are solved batched there)."""
+    if isinstance(source, torch.nn.Module):
+        tensors = list(source.parameters()) + list(source.buffers())
+    elif isinstance(source, Mapping):
+        tensors = [v for v in source.values() if isinstance(v, torch.Tensor)]
+    else:
+        return False
+    return any(t.device.type != "cpu" for t in tensors)
+
+
+def _nbytes(ref: TensorRef) -> int:
+    """Bytes of the loaded tensor (4 per element when its dtype is not a torch dtype)."""
+    size = ref.dtype.itemsize if isinstance(ref.dtype, torch.dtype) else 4
+    return ref.numel * size
+
+
 def _in_memory_cpu(source: Any) -> bool:
     """An nn.Module or a mapping of tensors, all on the CPU (its tensors are already loaded)."""
     if isinstance(source, torch.nn.Module):
@@ -290,10 +323,21 @@ def _in_memory_cpu(source: Any) -> bool:
 
 def _float64_esd(ref: TensorRef, conv: str) -> np.ndarray | None:
     """One layer's ESD recomputed with a float64 Gram and eigensolve."""
-    mats, scale = as_matrices(ref.load(), conv)
-    batch = GramBatch(0)
-    batch.add(0, gram_batch(mats, torch.float64), scale)
-    return batch.solve()[0]
+    return _layer_esd(ref, conv, torch.float64, use_numpy=False)[0]
+
+
+def _layer_esd(ref: TensorRef, conv: str, cdtype: torch.dtype, use_numpy: bool = True,
+               hold: contextlib.AbstractContextManager | None = None):
+    """One layer's (ESD, None), or (None, status) when it has no finite Gram. The ESD is None
+    when the eigensolver failed. ``use_numpy``: numpy's syrk, which releases the GIL. ``hold``:
+    entered around loading the weights and forming the Gram (a memory budget)."""
+    with hold if hold is not None else contextlib.nullcontext():
+        C, scale, status = _layer_gram(ref, conv, cdtype, use_numpy)
+    if C is None:
+        return None, status
+    batch = GramBatch(int(C.shape[-1]))
+    batch.add(0, C, scale)
+    return batch.solve()[0], None
 
 
 def _layer_row(ref: TensorRef, dims, ev: np.ndarray | None, fit: str, fix_fingers, mp_fit: bool,
