@@ -7,9 +7,10 @@ scale s (0.5 for WeightWatcher's conv slices, else 1), the ESD is the pooled, as
 
 The Gram C_b = W_b^T W_b is accumulated over row chunks in the compute dtype (float64 by
 default), so a float16/bfloat16 table is never copied whole to float64 and peak extra memory
-is O(B m^2 + chunk). Grams of same-size layers are collected and solved in one batched
-``torch.linalg.eigvalsh`` call (``GramBatch``), so the weights of a layer can be released as
-soon as its Gram is formed: memory follows the largest tensor, not the model.
+is O(B m^2 + chunk). The weights of a layer can be released as soon as its Gram is formed:
+memory follows the largest tensor, not the model. On a GPU (and on one CPU core) Grams of
+same-size layers are collected and solved in one batched eigensolve (``GramBatch``); on a
+multi-core CPU each layer's Gram and eigensolve run as one task per core (``per_core``).
 """
 from __future__ import annotations
 
