@@ -9,13 +9,33 @@ a spectral step is promised more descent than a Euclidean one when
 
 and the ratio r = nr(G) / st(A) is the predicted ratio of the two guaranteed decreases.
 
-What it does, for every gated weight (each ``nn.Linear`` weight of the model except the
-last Linear, the output head, unless ``exclude_last=False``):
+Gated weights: every ``nn.Linear`` weight and, with ``gate_convs=True`` (the default), every
+``nn.Conv1d`` / ``nn.Conv2d`` weight with ``groups == 1``, except the last of these layers in
+module (registration) order - the output head - unless ``exclude_last=False``. In a CNN with a
+Linear classifier the head is that Linear and every conv is gated; in a fully convolutional
+net it is the last conv. ``gate_convs=False`` gates Linears only (the behaviour before convs
+were gated: the head is then the last Linear).
+
+A conv is gated as the linear map it is on input patches (Muon's view of a conv):
+
+* Wmat = W.reshape(out, C * prod(kernel)) (Conv1d: (out, C, k); Conv2d: (out, C, kh, kw));
+  G is reshaped the same way and nr(G) is that of the (out, C k) matrix;
+* A = the im2col patch matrix of the conv's input, rows = batch * output positions,
+  columns = C * prod(kernel), cut with the module's kernel_size/stride/padding/dilation and
+  padding_mode (``torch.nn.functional.unfold``; Conv1d as a height-1 Conv2d). A is never
+  held: A^T A ((C k) x (C k)) and ||A||_F^2 = trace(A^T A) are summed over chunks of rows
+  (whole samples, or bands of output rows of one sample) and ||A||_op^2 = lambda_max(A^T A)
+  comes from power iteration on it; every position is used, nothing is subsampled
+  (``optim._conv_patches``);
+* spectral step: Newton-Schulz on the reshaped momentum, reshaped back, scale
+  0.2 sqrt(max(out, C k)) (as Muon flattens conv filters).
+
+What it does, for every gated weight:
 
 * every ``every`` optimizer steps (step 0, every, 2*every, ...) it measures r: nr(G) from the
   current gradient (eigenvalues of the smaller Gram of G, float64) and st(A) from the
   layer's input in the forward pass just before that step (forward hooks on the gated
-  Linears record the inputs of grad-enabled forwards on measurement steps only, inputs
+  layers record the inputs of grad-enabled forwards on measurement steps only, inputs
   shared by several layers (Q, K, V) measured once; ||A||_op by power iteration). Or
   ``st_provider(name) -> float | None`` supplies st(A) (e.g. from the spectral monitor) and
   no hooks are installed;
@@ -31,16 +51,21 @@ last Linear, the output head, unless ``exclude_last=False``):
   so a switch starts from warm statistics;
 * decoupled weight decay p *= 1 - lr * weight_decay on parameters with >= 2 dims;
   1-D parameters (norm gains, biases) get none;
-* every other parameter (embeddings, the output head, norms, biases) always takes the
-  AdamW step.
+* every other parameter (embeddings, the output head, norms, biases, convs with
+  ``groups > 1``, ConvTranspose and Conv3d weights) always takes the AdamW step.
 
 ``choices()`` returns the measurement history (step, name, nr, st, ratio, mode, switched).
 ``force="spectral"`` / ``"euclidean"`` pins every gated layer (an all-Muon-hidden hybrid or
 plain AdamW with the same code path), for ablations.
 
-Limits: only nn.Linear weights are gated (conv weights take AdamW); the measurement adds
-one Gram eigen-decomposition per gated weight and a power iteration per distinct input
-every ``every`` steps; st(A) comes from one batch (the most recent), not an average.
+Limits: only Linear and groups=1 Conv1d/Conv2d weights are gated; grouped/depthwise convs,
+ConvTranspose1d/2d/3d and Conv3d take AdamW (their per-group patch condition is not
+implemented). The measurement adds one Gram eigen-decomposition per gated weight and a power
+iteration per distinct input every ``every`` steps; for a conv, forming A^T A costs
+2 * rows * (C k)^2 FLOPs, about (C k)/out times the layer's forward, and holds a (C k)^2
+Gram plus a chunk of at most ~2 * 2^24 patch entries (``_conv_patches.PATCH_CHUNK_ELEMENTS``).
+st(A) comes from one batch (the most recent forward of the layer), not an average; the head
+that ``exclude_last`` drops is the last layer in registration order, not execution order.
 """
 from __future__ import annotations
 
@@ -54,11 +79,25 @@ from ..linalg.norms import power_iteration
 from ..linalg.orthogonalize import orthogonalize_newton_schulz
 from ..linalg.ranks import nuclear_rank_from_eigenvalues
 from ..linalg.spectrum import eigenvalues
-from .muon import _apply_update, _ema_momentum, lr_scale
+from ._conv_patches import PatchGeometry, patch_stable_rank
+from .muon import _apply_update, _ema_momentum, lr_scale, matrix_shape
 
 __all__ = ["GatedSpectral", "st_from_monitor"]
 
 _MODES = ("euclidean", "spectral")
+
+
+def _linear_stable_rank(A: torch.Tensor) -> float:
+    """st(A) = ||A||_F^2 / ||A||_op^2 of a Linear's input A (n, d); ||A||_op by power iteration."""
+    Af = A.float()
+    fro2 = float(Af.square().sum())
+    op = float(power_iteration(Af, iters=50, tol=1e-4))
+    return fro2 / op**2 if op > 0 else float("nan")
+
+
+def _is_gated_conv(module: nn.Module) -> bool:
+    """A Conv1d/Conv2d (not ConvTranspose, not Conv3d) with groups == 1."""
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1
 
 
 def st_from_monitor(monitor) -> Callable[[str], float | None]:
@@ -80,7 +119,8 @@ class GatedSpectral(torch.optim.Optimizer):
     """Condition-gated spectral/Euclidean optimizer (see module docstring).
 
     Args:
-        model: the model; its nn.Linear weights (but the last) are gated.
+        model: the model; its nn.Linear (and groups=1 Conv1d/Conv2d) weights, but the last
+            such layer, are gated.
         lr: learning rate shared by both steps (AdamW scale).
         betas, eps: AdamW moments.
         weight_decay: decoupled decay on >= 2-D parameters.
@@ -90,14 +130,15 @@ class GatedSpectral(torch.optim.Optimizer):
         st_provider: optional callable name -> st(A) (float or None); no hooks when given.
         initial_mode: "euclidean" or "spectral" before the first measurement.
         force: None, "euclidean" or "spectral" (no measurement, fixed mode).
-        exclude_last: keep the last nn.Linear (output head) on AdamW.
+        exclude_last: keep the last gated layer in module order (the output head) on AdamW.
+        gate_convs: also gate groups=1 Conv1d/Conv2d weights (True); False gates Linears only.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.95, nesterov: bool = True,
                  ns_steps: int = 5, every: int = 10, hi: float = 1.5, lo: float = 1.0,
                  st_provider: Callable[[str], float | None] | None = None, initial_mode: str = "euclidean",
-                 force: str | None = None, exclude_last: bool = True):
+                 force: str | None = None, exclude_last: bool = True, gate_convs: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not (isinstance(lr, (int, float)) and lr >= 0.0 and math.isfinite(lr)):
@@ -122,12 +163,15 @@ class GatedSpectral(torch.optim.Optimizer):
             raise ValueError(f"Invalid force: {force!r}; expected None or one of {_MODES}")
         if st_provider is not None and not callable(st_provider):
             raise TypeError(f"st_provider must be callable, got {type(st_provider).__name__}")
+        if not isinstance(gate_convs, bool):
+            raise ValueError(f"Invalid gate_convs: {gate_convs!r} (must be a bool)")
 
-        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if exclude_last and linears:
-            linears = linears[:-1]
+        layers = [(n, m) for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear) or (gate_convs and _is_gated_conv(m))]
+        if exclude_last and layers:
+            layers = layers[:-1]
         gated, seen = [], set()
-        for n, m in linears:
+        for n, m in layers:
             if m.weight.requires_grad and id(m.weight) not in seen:
                 gated.append((n, m))
                 seen.add(id(m.weight))
@@ -145,22 +189,26 @@ class GatedSpectral(torch.optim.Optimizer):
         self.st_provider = st_provider
         self._name_of = {id(m.weight): n for n, m in gated}
         self._history: list[dict] = []
-        self._inputs: dict[str, torch.Tensor] = {}  # module name -> input (n, d) of the last forward
+        self.gate_convs = gate_convs
+        # conv name -> how it cuts its input into patches (absent: a Linear)
+        self._geometry = {n: PatchGeometry.of(m) for n, m in gated if _is_gated_conv(m)}
+        # module name -> input of the last forward: (n, d) for a Linear, (B, C, *spatial) for a conv
+        self._inputs: dict[str, torch.Tensor] = {}
         self._handles = []
         if st_provider is None and force is None:
             for n, m in gated:
-                self._handles.append(m.register_forward_hook(self._make_hook(n)))
+                self._handles.append(m.register_forward_hook(self._make_hook(n, n in self._geometry)))
 
     # -- st(A) from forward hooks ------------------------------------------------------------
     def _steps_done(self) -> int:
         return self.param_groups[0]["step_count"] if self.param_groups else 0
 
-    def _make_hook(self, name: str):
+    def _make_hook(self, name: str, conv: bool):
         def hook(module, inputs, output):
             if not torch.is_grad_enabled() or self._steps_done() % self.every:
                 return
             x = inputs[0].detach()
-            self._inputs[name] = x.reshape(-1, x.shape[-1])
+            self._inputs[name] = x if conv else x.reshape(-1, x.shape[-1])
         return hook
 
     def _measure_st(self, names: list[str]) -> dict[str, float]:
@@ -177,12 +225,10 @@ class GatedSpectral(torch.optim.Optimizer):
             if A is None:
                 out[n] = float("nan")
                 continue
-            key = (A.data_ptr(), tuple(A.shape), A.stride())
-            if key not in cache:
-                Af = A.float()
-                fro2 = float(Af.square().sum())
-                op = float(power_iteration(Af, iters=50, tol=1e-4))
-                cache[key] = fro2 / op**2 if op > 0 else float("nan")
+            geometry = self._geometry.get(n)  # None for a Linear
+            key = (A.data_ptr(), tuple(A.shape), A.stride(), geometry)
+            if key not in cache:  # a conv: st of its im2col patch matrix, never held whole
+                cache[key] = _linear_stable_rank(A) if geometry is None else patch_stable_rank(geometry, A)
             out[n] = cache[key]
         self._inputs.clear()
         return out
@@ -246,8 +292,9 @@ class GatedSpectral(torch.optim.Optimizer):
                 st["momentum_buffer"] = torch.zeros_like(p)
             if self.force is not None:
                 st["spectral"] = self.force == "spectral"
+            _, rows, cols = matrix_shape(p.shape, flatten=True)  # conv: (out, C * prod(kernel))
             if measure:
-                nr = float(nuclear_rank_from_eigenvalues(eigenvalues(g, dtype=torch.float64)))
+                nr = float(nuclear_rank_from_eigenvalues(eigenvalues(g.reshape(rows, cols), dtype=torch.float64)))
                 s = st_vals[name]
                 ratio = nr / s if s and math.isfinite(s) and s > 0 else float("nan")
                 old = st["spectral"]
@@ -264,8 +311,9 @@ class GatedSpectral(torch.optim.Optimizer):
             u = _ema_momentum(st["momentum_buffer"], g, group["momentum"], group["nesterov"] and spectral)
             self._adamw(p, g, group, st, apply=not spectral)
             if spectral:
-                O = orthogonalize_newton_schulz(u, group["ns_steps"], dtype=torch.float32)
-                _apply_update(p, O, group["lr"], group["weight_decay"], lr_scale("match_rms_adamw", *p.shape))
+                O = orthogonalize_newton_schulz(u.reshape(rows, cols), group["ns_steps"], dtype=torch.float32)
+                _apply_update(p, O.reshape(p.shape), group["lr"], group["weight_decay"],
+                              lr_scale("match_rms_adamw", rows, cols))
 
     # -- reporting -------------------------------------------------------------------------------
     def modes(self) -> dict[str, str]:
