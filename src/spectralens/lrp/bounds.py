@@ -270,6 +270,10 @@ def attribution_bound(model, x: torch.Tensor | None = None, rule: str = "epsilon
     else:
         raise TypeError(f"model must be an nn.Module or LayerMatrices, got {type(model).__name__}")
     rule = layers.rule
+    if rule is None:
+        raise ValueError("attribution_bound needs one rule for every layer (its formula chains per-layer bounds of "
+                         "one kind); these matrices come from a composite or per-layer rules: use layer_bounds(...) "
+                         "for the per-layer bounds")
     table = layer_bounds(layers)
     rows = table.to_dict("records")
     R = chain(layers).reshape(-1)

@@ -27,12 +27,25 @@ BatchNorm          merged into the preceding Linear/Conv (``W' = W scale``, ``b'
 gradient           ``M_l = J_l^T`` (Linear: W^T, conv: its dense matrix); gradient_x_input: first rows times x
 =================  ========================================================================
 
+Which rule goes on which layer is decided exactly as in :func:`spectralens.lrp.attribute`: a
+``rule=``/``input_rule=`` pair becomes the same uniform :class:`~spectralens.lrp.Composite`
+(``attribute``'s own builder), or a ``composite=`` is given, and ``rules=`` adds per-name
+overrides; each traced call then gets ``composite.rule_for(path, module, first)`` (the input
+layer: the first Linear/Conv called). A rule given by name to another parameter-free module
+(``Pass``, ``Norm``, ``Gradient``) uses that module's Jacobian. Not expressible, so refused with
+a ``ValueError`` naming the module: a rule other than ``Gradient`` on a module with submodules
+(the hooks apply it to the container's whole forward) and a rule class without a known formula
+(a user-written :class:`~spectralens.lrp.rules.Rule` or a subclass). The per-rule construction
+lives in :mod:`spectralens.lrp._matrix_rules`.
+
 Convolutions (and pooling) become dense unfolded matrices, so this is for small networks:
 a layer with more than ``max_entries`` (n_in * n_out) entries raises ``ValueError``.
 
 The "relevance per unit activation" form (reference note, derived): for the epsilon and
 gradient rules every layer also has ``C_l = diag(1/a_in) M_l diag(a_out)``; the chain
-``c_in = C_1 ... C_L onehot`` gives ``R = x * c_in``. For epsilon ``C = W diag(z / s(z))`` on a
+``c_in = C_1 ... C_L onehot`` gives ``R = x * c_in`` (``LayerMatrix.C`` is set per layer where
+its rule has this form, so with a composite ``chain(..., form="c")`` works when every layer has
+one, e.g. ``epsilon_plus`` on an MLP). For epsilon ``C = W diag(z / s(z))`` on a
 Linear/Conv and ``diag(relu(z)/z)`` on a ReLU, so ``C_lin C_relu = W D`` with
 ``D = diag(a_k / s(z_k))`` in [0, 1): the gradient with shrunken ReLU derivatives.
 """
@@ -43,13 +56,15 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._matrix_rules import SUPPORTED, layer_parts
+from ._trace import merge_batchnorm_calls, trace
+from .attribute import _INPUT_OPTIONS, _OPTIONS, _build_composite
+from .composites import PRESETS, Composite
 from .errors import ModuleReuseError, UnsupportedLayerError
-from .layers import AFFINE, Sum
-from ._trace import Call, merge_batchnorm_calls, trace
-from .rules import stabilize
+from .layers import AFFINE
+from .rules import Gradient, Pass, Rule, ZBox
 
 __all__ = ["LayerMatrix", "LayerMatrices", "layer_matrices", "chain", "RULE_NAMES", "INPUT_RULE_NAMES"]
 
@@ -58,25 +73,19 @@ INPUT_RULE_NAMES = ("zb", "flat", "wsquare")
 GRADIENT_RULES = ("gradient", "gradient_x_input")
 DEFAULT_MAX_ENTRIES = 1 << 22  # 4.2M float64 entries = 32 MiB per dense matrix
 
-_AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d)
-_IDENTITY = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Identity)
-_OPTIONS = {"epsilon": ("epsilon", "stabilizer"), "lrp0": ("stabilizer",), "gamma": ("gamma", "stabilizer"),
-            "zplus": ("stabilizer",), "alpha_beta": ("alpha", "beta", "stabilizer"),
-            "adaptive_beta": ("beta_max", "stabilizer"), "gradient": (), "gradient_x_input": ()}
-_INPUT_OPTIONS = {"zb": ("low", "high", "stabilizer"), "flat": ("stabilizer",), "wsquare": ("stabilizer",)}
-
 
 @dataclass(frozen=True)
 class LayerMatrix:
     """One layer's modified-gradient matrix at one input (all tensors float64, flattened).
 
     index: position in the forward order; name: module path (``"fc1+bn1"`` when a BatchNorm was
-    merged); kind: linear, conv1d, conv2d, relu, maxpool, avgpool, identity, sum; rule: the rule
-    applied here (epsilon, gamma, ..., zb, flat, wsquare, pass, norm, gradient); params: its
-    options (epsilon, stabilizer, gamma, alpha, beta, beta_max, low, high).
+    merged); kind: linear, conv1d, conv2d, relu, maxpool, avgpool, identity, sum (other: a module
+    given a rule by name); rule: the rule applied here (epsilon, gamma, ..., zb, flat, wsquare,
+    pass, norm, gradient; gradient_x_input on Linear/Conv under that rule); params: its options
+    (epsilon, stabilizer, gamma, alpha, beta, beta_max, low, high; ``zero_bias`` if set).
     M: (n_in, n_out), ``R_in = M @ R_out`` (Sum: the summands' rows stacked, n_in = sum of sizes).
-    C: (n_in, n_out) the "relevance per unit activation" form for epsilon/gradient rules, else None.
+    C: (n_in, n_out) the "relevance per unit activation" form ``diag(1/a_in) M diag(a_out)`` where
+    the layer's rule has one (epsilon, pass, norm; the gradient rules), else None.
     W: (n_in, n_out) the dense (merged) weight matrix of a Linear/Conv, or the implicit weights
     of average pooling; None otherwise.
     a_in: (n_in,) layer input; z: (n_out,) layer output (pre-activation for Linear/Conv);
@@ -113,13 +122,16 @@ class LayerMatrix:
 
 class LayerMatrices(list):
     """``list[LayerMatrix]`` in forward order, plus what :func:`chain` needs to start and reshape:
-    ``rule``, ``input_rule``, ``options``, ``target``, ``logits`` (n_classes,), ``R_out`` (the start
-    vector for ``target``), ``x`` (the input, its given shape), ``output_index`` (the layer whose
-    output is the logits)."""
+    ``rule`` (the rule name when one rule, optionally with ``input_rule``, went on every layer;
+    None for a ``composite=`` or ``rules=`` overrides), ``input_rule``, ``options``, ``composite``
+    (the :class:`~spectralens.lrp.Composite` that assigned the rules; None for the gradient rules),
+    ``target``, ``logits`` (n_classes,), ``R_out`` (the start vector for ``target``), ``x`` (the
+    input, its given shape), ``output_index`` (the layer whose output is the logits)."""
 
-    def __init__(self, items, *, rule, input_rule, options, target, logits, R_out, x, output_index):
+    def __init__(self, items, *, rule, input_rule, options, target, logits, R_out, x, output_index,
+                 composite=None):
         super().__init__(items)
-        self.rule, self.input_rule, self.options = rule, input_rule, options
+        self.rule, self.input_rule, self.options, self.composite = rule, input_rule, options, composite
         self.target, self.logits, self.R_out, self.x, self.output_index = target, logits, R_out, x, output_index
 
     def start(self, target: int) -> torch.Tensor:
@@ -131,21 +143,13 @@ class LayerMatrices(list):
         return onehot if self.rule in GRADIENT_RULES else onehot * self.logits
 
 
-def _div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``num / den`` column-wise (den: (n_out,)), ``0/0 := 0`` (zero columns where den == 0)."""
-    safe = torch.where(den == 0, torch.ones_like(den), den)
-    return torch.where(den == 0, torch.zeros_like(num), num / safe)
-
-
-# ----------------------------------------------------------------------------- options
-def _parse_options(rule: str, input_rule: str | None, options: dict) -> dict:
-    """Validate ``rule``/``input_rule``/options as :func:`spectralens.lrp.attribute` does; fill defaults."""
+# ----------------------------------------------------------------------------- which rule goes where
+def _check_options(rule: str, input_rule: str | None, options: dict) -> None:
+    """Validate ``rule``/``input_rule``/options (the names and option sets of :func:`~spectralens.lrp.attribute`)."""
     if rule not in _OPTIONS:
-        raise ValueError(f"unknown rule {rule!r}; choose from {list(RULE_NAMES)}")
+        raise ValueError(f"unknown rule {rule!r}; choose from {list(RULE_NAMES)} or pass composite=")
     if input_rule is not None and input_rule not in _INPUT_OPTIONS:
         raise ValueError(f"unknown input_rule {input_rule!r}; choose from {list(INPUT_RULE_NAMES)}")
-    if rule in GRADIENT_RULES and (input_rule or options):
-        raise ValueError(f"rule={rule!r} takes no input_rule or options")
     allowed = set(_OPTIONS[rule]) | set(_INPUT_OPTIONS.get(input_rule, ()))
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -155,28 +159,48 @@ def _parse_options(rule: str, input_rule: str | None, options: dict) -> dict:
         if k not in ("low", "high") and (not isinstance(v, (int, float)) or isinstance(v, bool)
                                         or not math.isfinite(v) or v < 0):
             raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
-    o = {"stabilizer": float(options.get("stabilizer", 1e-6)), "epsilon": float(options.get("epsilon", 1e-6)),
-         "gamma": float(options.get("gamma", 0.25)), "beta_max": float(options.get("beta_max", 1.0))}
-    if rule == "lrp0":
-        o["epsilon"] = 0.0
     alpha, beta = options.get("alpha"), options.get("beta")
     beta = (1.0 if alpha is None else alpha - 1.0) if beta is None else beta
     alpha = 1.0 + beta if alpha is None else alpha
     if rule == "alpha_beta" and (beta < 0 or abs(alpha - beta - 1.0) > 1e-12):
         raise ValueError(f"alpha_beta needs alpha - beta = 1 and beta >= 0, got alpha={alpha}, beta={beta}")
-    o["alpha"], o["beta"] = float(alpha), float(beta)
-    if input_rule == "zb":
-        if "low" not in options or "high" not in options:
-            raise ValueError("input_rule='zb' needs low= and high= (the input's lowest and highest values)")
-        o["low"], o["high"] = options["low"], options["high"]
-    return o
 
 
-# ----------------------------------------------------------------------------- per-layer matrices
-def _affine(module, a, w, b):
-    if isinstance(module, nn.Linear):
-        return F.linear(a, w, b)
-    return module._conv_forward(a, w, b)
+def _resolve(rule, composite, input_rule, rules, options) -> tuple[str | None, Composite | None]:
+    """(rule name or None, composite or None: the gradient rules), as ``explain`` resolves its arguments."""
+    if composite is not None:
+        if not isinstance(composite, Composite):
+            hint = (f"; for the preset write composite=lrp.composites.{composite}()"
+                    if isinstance(composite, str) and composite in PRESETS else
+                    f" (presets: {', '.join(f'lrp.composites.{p}()' for p in PRESETS)})")
+            raise TypeError(f"composite must be a spectralens.lrp.Composite, got {composite!r:.60}{hint}")
+        if rule is not None or input_rule is not None or options:
+            raise ValueError("give either composite= or rule=/input_rule=/options (options go into the composite)")
+        rule = None
+    else:
+        rule = "epsilon" if rule is None else rule
+        if rule in GRADIENT_RULES and (input_rule or options or rules):
+            raise ValueError(f"rule={rule!r} takes no input_rule, rules or options")
+        _check_options(rule, input_rule, options)
+        if rule in GRADIENT_RULES:
+            return rule, None
+        composite = _build_composite(rule, input_rule, options)
+    if rules:
+        composite, rule = composite.with_overrides(rules), None
+    return rule, composite
+
+
+def _check_names(composite: Composite, net: nn.Module) -> None:
+    """Rules by name: known paths (as ``lrp_context``); none on a module with submodules except Gradient."""
+    modules = dict(net.named_modules())
+    unknown = sorted(set(composite.name_map) - set(modules))
+    if unknown:
+        raise ValueError(f"rules given for module paths not in the model: {unknown}; known paths: {sorted(modules)[:20]}")
+    for path, r in composite.name_map.items():
+        if next(modules[path].children(), None) is not None and not isinstance(r, Gradient):
+            raise ValueError(f"rule {r!r} is given by name to {path or '<root>'!r} ({type(modules[path]).__name__}), "
+                             "a module with submodules: attribute applies it to that module's whole forward, which "
+                             "layer_matrices cannot write as per-layer matrices; assign rules to its leaf modules")
 
 
 def _check_size(name, module, n_in, n_out, max_entries):
@@ -186,135 +210,38 @@ def _check_size(name, module, n_in, n_out, max_entries):
                          "networks: use a smaller model/input or raise max_entries")
 
 
-def _affine_layer(c: Call, w, b, rule: str, o: dict, xflat):
-    """(M, C, W, fanout) for a Linear/Conv call with (merged) kernel ``w`` and bias ``b``."""
-    shape = c.inputs[0].shape
-    n_in = c.inputs[0].numel()
-    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *shape[1:])
-    zero_in = torch.zeros_like(c.inputs[0])
+# ----------------------------------------------------------------------------- the matrices
 
-    def D(kernel):  # dense (n_in, n_out) matrix of the layer with this kernel, no bias
-        return _affine(c.module, eye, kernel, None).reshape(n_in, -1)
-
-    def Db(bias):  # the bias as a (n_out,) vector
-        return _affine(c.module, zero_in, torch.zeros_like(w), bias).reshape(-1)
-
-    a = c.inputs[0].reshape(-1)
-    ap, an = a.clamp(min=0), a.clamp(max=0)
-    col = lambda v: v[:, None]  # noqa: E731
-    W = D(w)
-    z = a @ W + Db(b)
-    fanout = int((D(torch.ones_like(w)) != 0).sum(1).max())
-    C = None
-    if rule in GRADIENT_RULES:
-        M, C = W, W
-    elif rule == "epsilon":
-        den = stabilize(z, o["epsilon"])
-        M = _div(col(a) * W, den)
-        C = _div(W * z, den)
-    elif rule == "gamma":
-        g = o["gamma"]
-        Wu, Wd = D(w + g * w.clamp(min=0)), D(w + g * w.clamp(max=0))
-        zu = ap @ Wu + an @ Wd + Db(b + g * b.clamp(min=0))
-        zd = ap @ Wd + an @ Wu + Db(b + g * b.clamp(max=0))
-        M = (_div(col(ap) * Wu + col(an) * Wd, stabilize(zu, o["stabilizer"])) * (z > 0)
-             + _div(col(ap) * Wd + col(an) * Wu, stabilize(zd, o["stabilizer"])) * (z < 0))
-    elif rule in ("zplus", "alpha_beta", "adaptive_beta"):
-        Wp, Wn = D(w.clamp(min=0)), D(w.clamp(max=0))
-        zp = ap @ Wp + an @ Wn + Db(b.clamp(min=0))
-        zn = ap @ Wn + an @ Wp + Db(b.clamp(max=0))
-        pos = _div(col(ap) * Wp + col(an) * Wn, stabilize(zp, o["stabilizer"]))
-        neg = _div(col(ap) * Wn + col(an) * Wp, stabilize(zn, o["stabilizer"]))
-        if rule == "zplus":
-            M = pos
-        else:
-            beta = torch.tensor(o["beta"], dtype=torch.float64)
-            if rule == "adaptive_beta":
-                zz = zp + zn
-                ratio = -zn / torch.where(zz > 0, zz, torch.ones_like(zz))
-                beta = torch.where(zz > 0, ratio.clamp(max=o["beta_max"]), torch.full_like(zz, o["beta_max"]))
-            M = (1.0 + beta) * pos - beta * neg
-    elif rule == "zb":
-        lo = torch.as_tensor(o["low"], dtype=torch.float64).broadcast_to(shape).reshape(-1)
-        hi = torch.as_tensor(o["high"], dtype=torch.float64).broadcast_to(shape).reshape(-1)
-        Wp, Wn = D(w.clamp(min=0)), D(w.clamp(max=0))
-        den = z - (lo @ Wp + Db(b.clamp(min=0))) - (hi @ Wn + Db(b.clamp(max=0)))
-        M = _div(col(a) * W - col(lo) * Wp - col(hi) * Wn, stabilize(den, o["stabilizer"]))
-    elif rule == "flat":
-        ones = D(torch.ones_like(w))
-        M = _div(ones, stabilize(ones.sum(0), o["stabilizer"]))
-    elif rule == "wsquare":
-        W2 = D(w * w)
-        M = _div(W2, stabilize(W2.sum(0) + Db(b * b), o["stabilizer"]))
-    else:  # pragma: no cover - validated in _parse_options
-        raise AssertionError(rule)
-    if rule == "gradient_x_input" and xflat is not None:
-        M = col(xflat) * M
-    return M, C, W, fanout
-
-
-def _other_layer(c: Call, gradient: bool, o: dict):
-    """(kind, rule, M, C, fanout, W) for a parameter-free layer (W: average pooling's weights, else None)."""
-    m = c.module
-    a = c.inputs[0].reshape(-1)
-    n_in, z = a.numel(), c.output.reshape(-1)
-    eye = torch.eye(n_in, dtype=torch.float64)
-    if isinstance(m, nn.ReLU):
-        if gradient:
-            return "relu", "gradient", torch.diag((a > 0).to(a)), torch.diag((a > 0).to(a)), 1, None
-        return "relu", "pass", eye, torch.diag(_div(z, a)), 1, None
-    if isinstance(m, _IDENTITY):
-        if n_in != z.numel():
-            raise ValueError(f"module {c.name!r} changes the number of elements; not an identity")
-        return "identity", "gradient", eye, eye, 1, None
-    if isinstance(m, _MAXPOOL + _AVGPOOL):
-        basis = eye.reshape(n_in, *c.inputs[0].shape[1:])
-        P = m(basis).reshape(n_in, -1)  # avg: implicit weights; max: window membership (0/1)
-        fanout = int((P != 0).sum(1).max())
-        if isinstance(m, _MAXPOOL):
-            dims = 1 if isinstance(m, nn.MaxPool1d) else 2
-            fn = F.max_pool1d if dims == 1 else F.max_pool2d
-            _, idx = fn(c.inputs[0], m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
-            ch = c.inputs[0].shape[1]
-            per = n_in // ch
-            idx = (idx.reshape(ch, -1) + per * torch.arange(ch)[:, None]).reshape(-1)
-            G = torch.zeros(n_in, z.numel(), dtype=torch.float64)
-            G[idx, torch.arange(z.numel())] = 1.0
-            return "maxpool", "gradient", G, G, fanout, None
-        if gradient:
-            return "avgpool", "gradient", P, P, fanout, P
-        den = stabilize(a @ P, o["stabilizer"])
-        return "avgpool", "norm", _div(a[:, None] * P, den), _div(P * z, den), fanout, P
-    if isinstance(m, Sum):
-        parts = [t.reshape(-1) for t in c.inputs]
-        n = z.numel()
-        if gradient:
-            G = torch.cat([torch.eye(n, dtype=torch.float64)] * len(parts))
-            return "sum", "gradient", G, G, 1, None
-        den = stabilize(sum(parts), o["stabilizer"])
-        M = torch.cat([torch.diag(_div(p, den)) for p in parts])
-        C = torch.cat([torch.diag(_div(z, den))] * len(parts))
-        return "sum", "norm", M, C, 1, None
-    raise UnsupportedLayerError(c.name, type(m).__name__, "layer_matrices supports Linear, Conv1d/2d (+ BatchNorm "
-                                "merged), ReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, "
-                                "Unflatten, Dropout, Identity and spectralens.lrp.Sum.")
-
-
-def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, input_rule: str | None = None,
-                   target: int | None = None, max_entries: int = DEFAULT_MAX_ENTRIES,
-                   **rule_options) -> LayerMatrices:
+def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str | None = None, *,
+                   composite: Composite | None = None, input_rule: str | None = None,
+                   rules: dict[str, Rule] | None = None, target: int | None = None,
+                   max_entries: int = DEFAULT_MAX_ENTRIES, **rule_options) -> LayerMatrices:
     """Per-layer modified-gradient matrices of ``model`` at one input ``x`` (forward order).
 
     ``x``: one sample, with a batch dimension of 1 or without one (``x`` is used as given if the
     model maps it to (1, classes), else ``x[None]``).
-    ``rule``/``input_rule``/options exactly as :func:`spectralens.lrp.attribute` (``epsilon=``,
+    ``rule``/``input_rule``/options, ``composite=`` and ``rules=`` exactly as
+    :func:`spectralens.lrp.attribute`: ``rule`` (default "epsilon") with ``epsilon=``,
     ``stabilizer=`` (also avg pooling and Sum), ``gamma=``, ``alpha=``/``beta=``, ``beta_max=``,
-    ``low=``/``high=``); the input rule goes on the first Linear/Conv in forward order.
+    ``low=``/``high=``, the input rule on the first Linear/Conv in forward order; or
+    ``composite`` (e.g. ``lrp.composites.epsilon_gamma_box(low=0, high=1)``) instead of them;
+    ``rules``: ``{module path: Rule}`` overrides on top of either (not with the gradient rules).
     ``target``: class for ``R_out``/``R_in`` (default: the arg-max logit).
     Computed in float64 on an eval-mode float64 copy of ``model`` (the model is unchanged).
-    Returns :class:`LayerMatrices`; ``chain(result)`` equals ``attribute(model, x, target, rule, ...)``.
+    Returns :class:`LayerMatrices`; ``chain(result)`` equals
+    ``attribute(model, x, target, rule, ...)`` (or ``..., composite=..., rules=...``).
+
+    Raises like ``attribute``: ``ValueError`` for bad options, unknown override paths, z^B bounds
+    that do not broadcast to the input layer's input; ``TypeError`` for a ``composite`` that is
+    not a Composite;
+    :class:`UnsupportedLayerError` for a module without a rule (or a rule that does not fit it);
+    :class:`ModuleReuseError` for a rule-bearing module called twice. Beyond ``attribute``:
+    ``ValueError`` for a rule that has no per-layer matrix (see the module docstring), a layer
+    above ``max_entries`` entries, or a functional operation between layers.
+    Unlike ``attribute``, an input outside the z^B box is not refused: the matrix is still defined
+    (:mod:`spectralens.lrp.bounds` reports that the rule's assumption fails).
     Limits: dense matrices (``max_entries`` per layer); every operation between layers must be a
-    module (functional reshapes are recognised); a Linear/Conv may be called once.
+    module (functional reshapes are recognised); BatchNorm is always merged (``merge_bn=True``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -322,55 +249,62 @@ def layer_matrices(model: nn.Module, x: torch.Tensor, rule: str = "epsilon", *, 
         raise ValueError(f"x must be a non-empty floating tensor, got {x!r:.80}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN/inf entries")
-    o = _parse_options(rule, input_rule, rule_options)
+    name, comp = _resolve(rule, composite, input_rule, rules, rule_options)
     net = copy.deepcopy(model).to(torch.float64).eval()
+    if comp is not None:
+        _check_names(comp, net)
     xb = _one_sample(net, x.detach().to(torch.float64))
     calls, logits, out_index = trace(net, xb)
     calls, merged, remap = merge_batchnorm_calls(calls)
     out_index = remap(out_index)
     if out_index < 0:
         raise ValueError("the model's output is its input: there are no layers")
-    gradient = rule in GRADIENT_RULES
     first_affine = next((i for i, c in enumerate(calls) if isinstance(c.module, AFFINE)), None)
-    seen: set = set()
+    hooked: dict[str, int] = {}
     built = []
     for i, c in enumerate(calls):
-        if isinstance(c.module, AFFINE):
-            if c.module in seen:
+        path = "" if c.name == "<root>" else c.name
+        if not isinstance(c.module, SUPPORTED) and (comp is None or path not in comp.name_map):
+            raise UnsupportedLayerError(c.name, type(c.module).__name__, _UNSUPPORTED)
+        r = None if comp is None else comp.rule_for(path, c.module, first=(i == first_affine))
+        if r is not None and not isinstance(r, Gradient):  # as lrp_context's hook
+            hooked[path] = hooked.get(path, 0) + 1
+            if hooked[path] > 1 and not isinstance(r, Pass):
                 raise ModuleReuseError(c.name, type(c.module).__name__)
-            seen.add(c.module)
-            n_in, n_out = c.inputs[0].numel(), c.output.numel()
-            _check_size(c.name, c.module, n_in, n_out, max_entries)
-            w, b, name = merged.get(i, (c.module.weight.detach(), c.module.bias, c.name))
+            if type(r) is ZBox:  # the type only: outside the box M is still defined (lrp.bounds says so)
+                Rule.check(r, c.name, c.module, tuple(c.inputs))
+            else:
+                r.check(c.name, c.module, tuple(c.inputs))
+        _check_size(c.name, c.module, sum(t.numel() for t in c.inputs), c.output.numel(), max_entries)
+        w = b = None
+        lname = c.name
+        if isinstance(c.module, AFFINE):
+            w, b, lname = merged.get(i, (c.module.weight.detach(), c.module.bias, c.name))
             b = torch.zeros(w.shape[0], dtype=torch.float64) if b is None else b.detach()
-            r = input_rule if (i == first_affine and input_rule) else ("epsilon" if rule == "lrp0" else rule)
-            xflat = xb.reshape(-1) if -1 in c.producers else None
-            M, C, W, fanout = _affine_layer(c, w, b, r, o, xflat)
-            kind = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}[type(c.module)]
-        else:
-            _check_size(c.name, c.module, sum(t.numel() for t in c.inputs), c.output.numel(), max_entries)
-            kind, r, M, C, fanout, W = _other_layer(c, gradient, o)
-            name = c.name
-            if rule == "gradient_x_input" and -1 in c.producers:
-                scale = torch.cat([xb.reshape(-1) if p < 0 else torch.ones(t.numel(), dtype=torch.float64)
-                                   for p, t in zip(c.producers, c.inputs)])
-                M = scale[:, None] * M
-        if not gradient and rule != "epsilon" and rule != "lrp0":
-            C = None  # the c-form is defined for the epsilon and gradient rules
-        if r in INPUT_RULE_NAMES:
-            C = None
-        built.append(dict(index=i, name=name, kind=kind, rule=r, params=_layer_params(r, o), M=M, C=C, W=W,
+        kind, rname, params, M, C, W, fanout = layer_parts(c, r, w, b, lrp=comp is not None)
+        if name in GRADIENT_RULES and isinstance(c.module, AFFINE):
+            rname = name
+        if name == "gradient_x_input" and -1 in c.producers:  # the rows fed by x, times x
+            scale = torch.cat([xb.reshape(-1) if p < 0 else torch.ones(t.numel(), dtype=torch.float64)
+                               for p, t in zip(c.producers, c.inputs)])
+            M = scale[:, None] * M
+        built.append(dict(index=i, name=lname, kind=kind, rule=rname, params=params, M=M, C=C, W=W,
                           a_in=torch.cat([t.reshape(-1) for t in c.inputs]), z=c.output.reshape(-1),
                           inputs=tuple(c.producers), in_shapes=tuple(tuple(t.shape) for t in c.inputs),
                           out_shape=tuple(c.output.shape), fanout=fanout))
     t = int(logits.argmax()) if target is None else target
-    tmp = LayerMatrices([], rule=rule, input_rule=input_rule, options=dict(rule_options), target=t, logits=logits,
-                        R_out=None, x=x.detach().to(torch.float64), output_index=out_index)
+    tmp = LayerMatrices([], rule=name, input_rule=input_rule, options=dict(rule_options), target=t, logits=logits,
+                        R_out=None, x=x.detach().to(torch.float64), output_index=out_index, composite=comp)
     tmp.R_out = tmp.start(t)
     r_out = _backward([(d["M"], d["inputs"], d["in_shapes"]) for d in built], out_index, tmp.R_out)
     for d, ro in zip(built, r_out):
         tmp.append(LayerMatrix(**d, R_out=ro, R_in=d["M"] @ ro))
     return tmp
+
+
+_UNSUPPORTED = ("layer_matrices supports Linear, Conv1d/2d (+ BatchNorm merged), ReLU, MaxPool1d/2d, AvgPool1d/2d, "
+                "AdaptiveAvgPool1d/2d, Flatten, Unflatten, Dropout, Identity and spectralens.lrp.Sum; assign a "
+                "rule by name (rules={path: lrp.rules.Pass()}, Norm() or Gradient()) if one truly fits.")
 
 
 def _one_sample(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -389,14 +323,6 @@ def _one_sample(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         tried.append(f"{tuple(cand.shape)}: output {tuple(out.shape) if isinstance(out, torch.Tensor) else out}")
     raise ValueError("layer_matrices needs one sample and a model returning logits of shape (1, classes); tried "
                      + "; ".join(tried))
-
-
-def _layer_params(r: str, o: dict) -> dict:
-    keys = {"epsilon": ("epsilon",), "gamma": ("gamma", "stabilizer"), "zplus": ("stabilizer",),
-            "alpha_beta": ("alpha", "beta", "stabilizer"), "adaptive_beta": ("beta_max", "stabilizer"),
-            "zb": ("low", "high", "stabilizer"), "flat": ("stabilizer",), "wsquare": ("stabilizer",),
-            "norm": ("stabilizer",)}.get(r, ())
-    return {k: o[k] for k in keys}
 
 
 def _backward(layers, out_index: int, R_out: torch.Tensor):
