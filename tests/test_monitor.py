@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from reference_monitor import InputRecorder, reference_layer
+from spectralens.models.conv_patches import conv_patches
 from spectralens.monitor import SpectralMonitor
-from spectralens.monitor.accumulators import conv_patches
 from spectralens.nets.gpt import GPT, GPTConfig
 
 FIELDS = ("st_act", "nr_grad", "ratio", "grad_fro", "grad_op", "weight_op", "st_weight", "rows")

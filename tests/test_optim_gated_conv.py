@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectralens.models.conv_patches import PatchGeometry, conv_patches, patch_gram, patch_stable_rank
 from spectralens.optim import GatedSpectral
-from spectralens.optim._conv_patches import PatchGeometry, patch_gram, patch_stable_rank
 
 
 # -- slow, obvious references ------------------------------------------------------------------
@@ -136,6 +136,28 @@ def test_patch_st_follows_same_and_padding_modes(conv, spatial):
     geometry = PatchGeometry.of(conv)
     torch.testing.assert_close(patch_gram(geometry, x, 7, dtype=torch.float64)[0], A.T @ A)
     assert patch_stable_rank(geometry, x) == pytest.approx(st_reference(A), rel=1e-4)
+
+
+@pytest.mark.parametrize("conv, spatial", [
+    (nn.Conv2d(6, 3, 3, padding=1, groups=3), (7, 7)),
+    (nn.Conv2d(4, 8, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=4, padding_mode="circular"), (9, 10)),
+    (nn.Conv1d(6, 4, 4, padding="same", groups=2, padding_mode="reflect"), (13,)),
+])
+def test_grouped_patches_stack_the_groups_as_rows(conv, spatial):
+    """groups > 1 (the monitor's A): each group's patches, cut as a groups=1 conv on its own
+    C/groups channels cuts them, stacked as rows (sample, group, position); the Gram agrees."""
+    x = torch.randn(3, conv.in_channels, *spatial, generator=torch.Generator().manual_seed(3)) + 0.3
+    g, cg = conv.groups, conv.in_channels // conv.groups
+    one = type(conv)(cg, 1, conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                     padding_mode=conv.padding_mode)
+    ckg = cg * math.prod(conv.kernel_size)
+    parts = [identity_conv_reference(one, x[:, i * cg:(i + 1) * cg]).reshape(x.shape[0], -1, ckg) for i in range(g)]
+    A = torch.stack(parts, 1).reshape(-1, parts[0].shape[-1])  # (B * g * L, C/g k)
+    torch.testing.assert_close(conv_patches(conv, x.double()), A)
+    for max_elements in (1 << 24, 7):  # whole batch; bands of one output row
+        gram, rows = patch_gram(PatchGeometry.of(conv), x, max_elements, dtype=torch.float64)
+        assert rows == A.shape[0]
+        torch.testing.assert_close(gram, A.T @ A)
 
 
 def test_unbatched_input_and_zero_input():

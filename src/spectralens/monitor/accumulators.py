@@ -13,9 +13,10 @@ released after each monitored step. (Davis & Drusvyatskiy, arXiv 2512.04299, sec
 What A is for each family (see :mod:`spectralens.monitor.kinds`):
 
 * linear / HF Conv1D: the input reshaped to (N, d_in);
-* conv: the unfolded input patches (N * L, C_in/groups * prod(kernel)) computed with
-  ``torch.nn.functional.unfold`` per chunk of samples and dropped after the Gram update;
-  for ``groups > 1`` the patches of all groups are stacked as rows (exact for groups = 1);
+* conv: the im2col patches (N * L * groups, C_in/groups * prod(kernel)); their Gram comes
+  from :func:`spectralens.models.conv_patches.patch_gram`, which unfolds a chunk of samples
+  (or a band of one sample) at a time and never holds the whole matrix; for ``groups > 1``
+  the patches of all groups are stacked as rows (exact for groups = 1);
 * embedding: the token-indicator matrix, whose Gram is diagonal with the token counts, so
   only ``bincount`` of the ids is kept: st = N / max_count = 1 / p_max;
 * norm gains: the normalised input x_hat the gain multiplies ((x - mean)/std for LayerNorm,
@@ -28,64 +29,15 @@ A hook never raises: an exception is stored in ``probe.error`` and reported as N
 """
 from __future__ import annotations
 
-import math
 import time
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerProbe", "InputGramCache", "conv_patches"]
+from ..models.conv_patches import PatchGeometry, patch_gram
 
-_PATCH_CHUNK_ELEMENTS = 1 << 24
-
-
-def _as_pair(v, n: int) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-
-
-def conv_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Unfolded input patches of a Conv1d/Conv2d: (B, C, *spatial) -> (B * L * groups, C/groups * k).
-
-    The column order matches ``weight.reshape(out, -1)`` (``linalg.conv_flatten``), so
-    ``conv(x)`` at every output position equals ``patches @ conv_flatten(W).T`` (groups = 1).
-    """
-    one_d = isinstance(module, nn.Conv1d)
-    if one_d:
-        x = x.unsqueeze(-2)
-    nd = 2
-    k = _as_pair(module.kernel_size, 1 if one_d else 2)
-    s = _as_pair(module.stride, 1 if one_d else 2)
-    d = _as_pair(module.dilation, 1 if one_d else 2)
-    if one_d:
-        k, s, d = (1, k[0]), (1, s[0]), (1, d[0])
-    pad = module.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            pad = (0,) * nd
-        else:  # "same" (stride 1): total padding dilation*(k-1), the extra one on the right/bottom
-            lr = []
-            for ki, di in zip(reversed(k), reversed(d)):
-                total = di * (ki - 1)
-                lr += [total // 2, total - total // 2]
-            x = F.pad(x, lr)
-            pad = (0,) * nd
-    else:
-        pad = _as_pair(pad, 1 if one_d else 2)
-        if one_d:
-            pad = (0, pad[0])
-    if module.padding_mode != "zeros" and any(pad):
-        lr = []
-        for p in reversed(pad):
-            lr += [p, p]
-        x = F.pad(x, lr, mode=module.padding_mode)
-        pad = (0,) * nd
-    cols = F.unfold(x, kernel_size=k, dilation=d, padding=pad, stride=s)  # (B, C*kk, L)
-    b, ck, length = cols.shape
-    g = module.groups
-    cols = cols.view(b, g, ck // g, length).permute(0, 1, 3, 2)  # (B, g, L, C/g*kk)
-    return cols.reshape(b * g * length, ck // g)
+__all__ = ["LayerProbe", "InputGramCache"]
 
 
 def _normalised(module: nn.Module, x: torch.Tensor, d: int) -> torch.Tensor:
@@ -147,6 +99,7 @@ class LayerProbe:
         self.name, self.module, self.family, self.kind = name, module, family, kind
         self.gram_dtype = gram_dtype
         self.cache = cache
+        self._geometry: PatchGeometry | None = None  # conv: how the module cuts its input, on first use
         self.handle = None
         self.reset()
 
@@ -208,11 +161,10 @@ class LayerProbe:
         elif fam == "norm":
             self._add_rows(_normalised(self.module, x, self.module.weight.numel()))
         elif fam == "conv":
-            b = x.shape[0]
-            per_sample = max(1, x[0].numel() * math.prod(_as_pair(self.module.kernel_size, 1)))
-            chunk = max(1, _PATCH_CHUNK_ELEMENTS // per_sample)
-            for start in range(0, b, chunk):
-                self._add_rows(conv_patches(self.module, x[start:start + chunk]))
+            if self._geometry is None:
+                self._geometry = PatchGeometry.of(self.module)
+            G, rows = patch_gram(self._geometry, x, dtype=self.gram_dtype)
+            self._add_gram(G, G.diagonal().sum(dtype=torch.float64), rows)  # ||A||_F^2 = trace(A^T A)
         else:  # pragma: no cover - families are closed
             raise RuntimeError(f"unknown family {fam!r}")
 

@@ -26,7 +26,7 @@ A conv is gated as the linear map it is on input patches (Muon's view of a conv)
   held: A^T A ((C k) x (C k)) and ||A||_F^2 = trace(A^T A) are summed over chunks of rows
   (whole samples, or bands of output rows of one sample) and ||A||_op^2 = lambda_max(A^T A)
   comes from power iteration on it; every position is used, nothing is subsampled
-  (``optim._conv_patches``);
+  (``models.conv_patches.patch_stable_rank``);
 * spectral step: Newton-Schulz on the reshaped momentum, reshaped back, scale
   0.2 sqrt(max(out, C k)) (as Muon flattens conv filters).
 
@@ -63,7 +63,7 @@ ConvTranspose1d/2d/3d and Conv3d take AdamW (their per-group patch condition is 
 implemented). The measurement adds one Gram eigen-decomposition per gated weight and a power
 iteration per distinct input every ``every`` steps; for a conv, forming A^T A costs
 2 * rows * (C k)^2 FLOPs, about (C k)/out times the layer's forward, and holds a (C k)^2
-Gram plus a chunk of at most ~2 * 2^24 patch entries (``_conv_patches.PATCH_CHUNK_ELEMENTS``).
+Gram plus a chunk of at most ~2 * 2^24 patch entries (``models.conv_patches.PATCH_CHUNK_ELEMENTS``).
 st(A) comes from one batch (the most recent forward of the layer), not an average; the head
 that ``exclude_last`` drops is the last layer in registration order, not execution order.
 """
@@ -79,7 +79,7 @@ from ..linalg.norms import power_iteration
 from ..linalg.orthogonalize import orthogonalize_newton_schulz
 from ..linalg.ranks import nuclear_rank_from_eigenvalues
 from ..linalg.spectrum import eigenvalues
-from ._conv_patches import PatchGeometry, patch_stable_rank
+from ..models.conv_patches import PatchGeometry, patch_stable_rank
 from .muon import _apply_update, _ema_momentum, lr_scale, matrix_shape
 
 __all__ = ["GatedSpectral", "st_from_monitor"]
