@@ -58,6 +58,11 @@ def _heavy(agg, opt, lr, steps) -> bool:
     return a <= HT_RATIO * a0 and _m(agg, opt, lr, steps, "n_above_init_edge") >= HT_MIN_OUTLIERS
 
 
+def _lr_or_none(lr: float, lrs) -> str:
+    """An lr, or "none up to <largest lr of the sweep>" when no lr of the sweep reached the tail."""
+    return f"{lr:g}" if math.isfinite(lr) else f"none up to {max(lrs):g}"
+
+
 def _first_ht_lr(agg, opt, lrs, steps) -> float:
     for lr in sorted(lrs):
         if _heavy(agg, opt, lr, steps):
@@ -94,7 +99,8 @@ def evaluate_claims(sweep: dict, cfg) -> list[dict]:
         la, lg = _first_ht_lr(agg, "adam", lrs, T), _first_ht_lr(agg, "gd", lrs, T)
         held = math.isfinite(la) and (la * FAR_SMALLER <= lg)
         add("adam_smaller_lr", f"Adam reaches the heavy tail at a far smaller learning rate than GD (>= {FAR_SMALLER:g}x)",
-            f"smallest lr with a heavy tail after {T} steps: Adam {la:g}, GD {lg:g}", held)
+            f"smallest lr with a heavy tail after {T} steps: Adam {_lr_or_none(la, lrs)}, GD {_lr_or_none(lg, lrs)}",
+            held)
         small = [lr for lr in lrs if lr <= 0.1]
         if small:
             changes = [abs(_m(agg, "gd", lr, T, "hill_alpha") / _m(agg, "gd", lr, 0, "hill_alpha") - 1) for lr in small]

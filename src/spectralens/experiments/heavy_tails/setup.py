@@ -32,7 +32,7 @@ class HeavyTailsConfig:
     lrs: tuple[float, ...] = PAPER_LRS  # absolute learning rates (paper's sweep)
     optimizers: tuple[str, ...] = ("gd", "adam")
     ridge_lambda: float = 0.01  # ridge of the refit a = (Z^T Z + (lambda/h) n I)^-1 Z^T y (paper: 0.01)
-    repeats: int = 2  # independent draws of data and init (paper: 5)
+    repeats: int = 5  # independent draws of data and init (paper: 5)
     featured: tuple[tuple[str, float], ...] = (("adam", 1.0), ("gd", 2000.0))  # runs with overlaps
     overlap_k: int = 20  # top-k singular vectors shown in the overlap matrices
     metric_steps: tuple[int, ...] = (1, 5, 10)  # steps (besides 0) with the full metrics (ESD, ridge refit)
