@@ -179,3 +179,23 @@ def test_file_layers_load_within_the_largest_tensor(tmp_path, monkeypatch):
     assert len(budgets) == 1 and budgets[0].capacity == largest
     assert 0 < budgets[0].peak <= largest
     assert (df["status"] == "ok").sum() >= 8
+
+
+def test_conv_slices_are_solved_in_the_pool_thread_without_a_nested_pool(monkeypatch):
+    """A conv layer's kh*kw eigensolves run in its per-core task, not in a second pool."""
+    import concurrent.futures
+
+    from spectralens.analyze import lapack
+
+    monkeypatch.setattr(lapack, "cpu_count", lambda: 2)
+    sd = {"conv.weight": torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(3))}
+    expected = run_analysis(sd).layers  # the per-core pool
+
+    class NoNestedPool:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("nested ThreadPoolExecutor inside the per-core pool")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", NoNestedPool)
+    again = run_analysis(sd).layers
+    pd.testing.assert_frame_equal(expected, again)
+    assert expected.loc[0, "num_evals"] == 9 * 16 and expected.loc[0, "status"] == "ok"

@@ -323,21 +323,22 @@ def _in_memory_cpu(source: Any) -> bool:
 
 def _float64_esd(ref: TensorRef, conv: str) -> np.ndarray | None:
     """One layer's ESD recomputed with a float64 Gram and eigensolve."""
-    return _layer_esd(ref, conv, torch.float64, use_numpy=False)[0]
+    return _layer_esd(ref, conv, torch.float64, in_pool=False)[0]
 
 
-def _layer_esd(ref: TensorRef, conv: str, cdtype: torch.dtype, use_numpy: bool = True,
+def _layer_esd(ref: TensorRef, conv: str, cdtype: torch.dtype, in_pool: bool = True,
                hold: contextlib.AbstractContextManager | None = None):
     """One layer's (ESD, None), or (None, status) when it has no finite Gram. The ESD is None
-    when the eigensolver failed. ``use_numpy``: numpy's syrk, which releases the GIL. ``hold``:
+    when the eigensolver failed. ``in_pool``: called from the per-core pool, so numpy's syrk
+    (it releases the GIL) and the slices' eigensolves in this thread (no nested pool). ``hold``:
     entered around loading the weights and forming the Gram (a memory budget)."""
     with hold if hold is not None else contextlib.nullcontext():
-        C, scale, status = _layer_gram(ref, conv, cdtype, use_numpy)
+        C, scale, status = _layer_gram(ref, conv, cdtype, in_pool)
     if C is None:
         return None, status
     batch = GramBatch(int(C.shape[-1]))
     batch.add(0, C, scale)
-    return batch.solve()[0], None
+    return batch.solve(parallel=not in_pool)[0], None
 
 
 def _layer_row(ref: TensorRef, dims, ev: np.ndarray | None, fit: str, fix_fingers, mp_fit: bool,

@@ -52,7 +52,7 @@ def gram_into(C: np.ndarray, X: np.ndarray, use_numpy: bool = False) -> None:
         C[idx, idx] -= upper[idx, idx]
 
 
-def eigvalsh(C: np.ndarray) -> np.ndarray:
+def eigvalsh(C: np.ndarray, parallel: bool = True) -> np.ndarray:
     """Ascending float64 eigenvalues of symmetric C, (k, k) -> (k,) or (B, k, k) -> (B, k).
 
     Always solved in float64 (``dsyevd``, eigenvalues only), whatever C's dtype. A float32
@@ -61,7 +61,8 @@ def eigvalsh(C: np.ndarray) -> np.ndarray:
     alpha by 1e-4; a float32 Gram solved in float64 errs by <= 0.3 eps32 lambda_max (measured,
     see ``float32_gram_error``). A batch runs one single-threaded solve per core at once (LAPACK
     called through ctypes releases the GIL; scipy's and numpy's wrappers do not, or spin two
-    BLAS pools).
+    BLAS pools); ``parallel=False`` solves it in the calling thread (already one of a pool of
+    one thread per core: no nested pool).
     """
     C = np.asarray(C)
     single = C.ndim == 2
@@ -69,7 +70,7 @@ def eigvalsh(C: np.ndarray) -> np.ndarray:
     if stack.shape[0] == 0:
         return np.zeros(stack.shape[:-1], np.float64)
     solve = _syevd() or _fallback_eigvalsh
-    workers = min(cpu_count(), stack.shape[0])
+    workers = min(cpu_count(), stack.shape[0]) if parallel else 1
     if workers < 2 or _syevd() is None:
         out = np.stack([solve(c) for c in stack])
     else:

@@ -97,7 +97,8 @@ class GramBatch:
     def add(self, key, C: torch.Tensor, scale: float) -> None:
         self.items.append((key, C, scale))
 
-    def solve(self) -> dict:
+    def solve(self, parallel: bool = True) -> dict:
+        """{key: ascending ESD}; ``parallel=False``: CPU eigensolves in the calling thread."""
         if not self.items:
             return {}
         items, self.items = self.items, []
@@ -108,12 +109,12 @@ class GramBatch:
         else:
             stack = torch.cat([C for _, C, _ in items])
         try:
-            per_item = _split(_eigvalsh(stack), [int(C.shape[0]) for _, C, _ in items])
+            per_item = _split(_eigvalsh(stack, parallel), [int(C.shape[0]) for _, C, _ in items])
         except (RuntimeError, np.linalg.LinAlgError):  # one matrix failed to converge: one by one
             per_item = []
             for _, C, _ in items:
                 try:
-                    per_item.append(_eigvalsh(C))
+                    per_item.append(_eigvalsh(C, parallel))
                 except (RuntimeError, np.linalg.LinAlgError):
                     per_item.append(None)
         out = {}
@@ -128,11 +129,11 @@ class GramBatch:
         return out
 
 
-def _eigvalsh(C: torch.Tensor) -> torch.Tensor:
+def _eigvalsh(C: torch.Tensor, parallel: bool = True) -> torch.Tensor:
     """Batched symmetric eigenvalues of Grams in their own precision: ``lapack.eigvalsh`` on the
     CPU (one single-threaded solve per core), ``torch.linalg.eigvalsh`` on other devices."""
     if C.device.type == "cpu" and USE_NUMPY:
-        return torch.from_numpy(lapack.eigvalsh(C.numpy()))
+        return torch.from_numpy(lapack.eigvalsh(C.numpy(), parallel))
     return torch.linalg.eigvalsh(C)
 
 
