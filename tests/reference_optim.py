@@ -61,3 +61,31 @@ def polar_float64(G: torch.Tensor) -> torch.Tensor:
     """U V^T from a float64 SVD."""
     U, _, Vh = torch.linalg.svd(G.to(torch.float64), full_matrices=False)
     return U @ Vh
+
+
+def train_muon_adamw(model: torch.nn.Module, muon_params: list, batch, loss_fn, steps: int, lr: float,
+                     momentum: float, weight_decay: float) -> None:
+    """``steps`` full-batch steps of the gated optimizer pinned to spectral, written plainly.
+
+    ``muon_params``: EMA momentum buf = mu buf + (1 - mu) g, Nesterov u = (1 - mu) g + mu buf,
+    decoupled decay p *= 1 - lr wd, p -= lr 0.2 sqrt(max(out, in)) NS5(u) with u seen as the
+    (out, in * prod(kernel)) matrix (a Linear's own shape; a conv weight flattened, as Muon
+    does). Every other parameter: torch AdamW (betas 0.9, 0.95), no decay on 1-D parameters.
+    ``batch`` = (x, y); ``loss_fn(model, x, y)``.
+    """
+    rest = [p for p in model.parameters() if all(p is not q for q in muon_params)]
+    adam = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2]},
+                              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    bufs = [torch.zeros_like(p) for p in muon_params]
+    x, y = batch
+    for _ in range(steps):
+        model.zero_grad()
+        loss_fn(model, x, y).backward()
+        adam.step()
+        with torch.no_grad():
+            for p, buf in zip(muon_params, bufs):
+                buf.mul_(momentum).add_(p.grad, alpha=1 - momentum)
+                u = ((1 - momentum) * p.grad + momentum * buf).reshape(p.shape[0], -1)
+                p.mul_(1 - lr * weight_decay)
+                p.sub_(lr * 0.2 * math.sqrt(max(u.shape)) * newton_schulz(u).reshape(p.shape))

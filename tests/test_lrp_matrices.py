@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from lrp_nets import ResidualConv1d
 import torch.nn.functional as F
 from torch import nn
 
@@ -43,23 +44,6 @@ def cnn(seed=4, bn=True):
     return net.eval()
 
 
-class Residual(nn.Module):
-    """conv -> relu -> [conv -> relu -> conv] + skip (lrp.Sum) -> relu -> pool -> flatten -> linear."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.stem, self.r0 = nn.Conv1d(2, 3, 3, padding=1), nn.ReLU()
-        self.c1, self.r1, self.c2 = nn.Conv1d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv1d(3, 3, 3, padding=1)
-        self.add, self.r2, self.pool = lrp.Sum(), nn.ReLU(), nn.MaxPool1d(2)
-        self.fc = nn.Linear(3 * 4, 3)
-
-    def forward(self, x):
-        h = self.r0(self.stem(x))
-        h = self.r2(self.add(self.c2(self.r1(self.c1(h))), h))
-        return self.fc(self.pool(h).flatten(1))  # functional flatten: recognised as a reshape
-
-
 def _x(shape, seed=1):
     torch.manual_seed(seed)
     return torch.randn(*shape, dtype=torch.float64)
@@ -82,7 +66,7 @@ def test_chain_equals_attribute(net, case):
 
 @pytest.mark.parametrize("rule", ["gradient", "epsilon", "alpha_beta", "gamma"])
 def test_residual_sum_and_conv1d(rule):
-    model, x = Residual().double().eval(), _x((1, 2, 8))
+    model, x = ResidualConv1d().double().eval(), _x((1, 2, 8))
     layers = layer_matrices(model, x, rule)
     assert [lm.kind for lm in layers].count("sum") == 1
     s = next(lm for lm in layers if lm.kind == "sum")

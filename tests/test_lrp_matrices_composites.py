@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrp_nets import randomize_batchnorm
+from lrp_nets import ResidualConv1d, randomize_batchnorm
 from spectralens import lrp
 from spectralens.lrp import composites, rules
 from spectralens.lrp.matrices import chain, layer_matrices
@@ -27,27 +27,10 @@ def cnn():
     return randomize_batchnorm(net).eval()
 
 
-class Residual(nn.Module):
-    """conv -> relu -> [conv -> relu -> conv] + skip (lrp.Sum) -> relu -> pool -> flatten -> linear."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.stem, self.r0 = nn.Conv1d(2, 3, 3, padding=1), nn.ReLU()
-        self.c1, self.r1, self.c2 = nn.Conv1d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv1d(3, 3, 3, padding=1)
-        self.add, self.r2, self.pool = lrp.Sum(), nn.ReLU(), nn.MaxPool1d(2)
-        self.fc = nn.Linear(3 * 4, 3)
-
-    def forward(self, x):
-        h = self.r0(self.stem(x))
-        h = self.r2(self.add(self.c2(self.r1(self.c1(h))), h))
-        return self.fc(self.pool(h).flatten(1))
-
-
 def _net(name):
     torch.manual_seed(1)
     shape = {"mlp": (1, 6), "cnn": (1, 1, 8, 8), "residual": (1, 2, 8)}[name]
-    model = {"mlp": mlp, "cnn": cnn, "residual": lambda: Residual().double().eval()}[name]()
+    model = {"mlp": mlp, "cnn": cnn, "residual": lambda: ResidualConv1d().double().eval()}[name]()
     return model, torch.randn(*shape, dtype=torch.float64)
 
 

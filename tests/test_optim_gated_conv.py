@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reference_optim import train_muon_adamw
 from spectralens.models.conv_patches import PatchGeometry, conv_patches, patch_gram, patch_stable_rank
 from spectralens.optim import GatedSpectral
 
@@ -57,16 +58,6 @@ def st_reference(A: torch.Tensor) -> float:
 def nr_reference(G: torch.Tensor) -> float:
     s = torch.linalg.svdvals(G.double().reshape(G.shape[0], -1))
     return float(s.sum() ** 2 / s.square().sum())
-
-
-def ns5(G):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.T if G.shape[0] > G.shape[1] else G
-    X = X / X.norm()
-    for _ in range(5):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if G.shape[0] > G.shape[1] else X
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -246,26 +237,12 @@ def test_force_spectral_equals_plain_muon_on_reshaped_conv():
     m1, m2 = CNN(), CNN()
     lr, mu, wd = 1e-2, 0.95, 0.05
     opt1 = GatedSpectral(m1, lr=lr, momentum=mu, weight_decay=wd, force="spectral")
-    gated = [m2.c1.weight, m2.c2.weight, m2.t.weight]
-    rest = [p for p in m2.parameters() if all(p is not q for q in gated)]
-    adam = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2]},
-                              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95), weight_decay=wd)
-    bufs = [torch.zeros_like(p) for p in gated]
     x, y = data()
     for _ in range(3):
         opt1.zero_grad()
         loss_fn(m1, x, y).backward()
         opt1.step()
-        m2.zero_grad()
-        loss_fn(m2, x, y).backward()
-        adam.step()
-        with torch.no_grad():
-            for p, buf in zip(gated, bufs):
-                buf.mul_(mu).add_(p.grad, alpha=1 - mu)
-                u = ((1 - mu) * p.grad + mu * buf).reshape(p.shape[0], -1)  # (out, C * prod(kernel))
-                p.mul_(1 - lr * wd)
-                p.sub_(lr * 0.2 * math.sqrt(max(u.shape)) * ns5(u).reshape(p.shape))
+    train_muon_adamw(m2, [m2.c1.weight, m2.c2.weight, m2.t.weight], (x, y), loss_fn, 3, lr, mu, wd)
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert set(opt1.modes().values()) == {"spectral"}
@@ -312,10 +289,16 @@ def test_small_cnn_trains_and_state_dict_round_trips():
     # the stem sees raw Gaussian pixels (high st) and stays Euclidean; deeper convs switch
     assert opt.modes() == {"c1": "euclidean", "c2": "spectral", "t": "spectral"}
 
+    _assert_resumes_identically(opt, model, lambda m: GatedSpectral(m, lr=3e-3, every=3), (x, y))
+
+
+def _assert_resumes_identically(opt, model, make_opt, batch):
+    """A fresh model + optimizer loaded from (model, opt)'s state takes the same next step, bit for bit."""
+    x, y = batch
     sd = copy.deepcopy(opt.state_dict())
     model2 = CNN(seed=1)
     model2.load_state_dict(model.state_dict())
-    opt2 = GatedSpectral(model2, lr=3e-3, every=3)
+    opt2 = make_opt(model2)
     opt2.load_state_dict(sd)
     assert opt2.modes() == opt.modes()
     for o, m in ((opt, model), (opt2, model2)):
@@ -335,18 +318,7 @@ def test_state_dict_round_trip_in_spectral_mode():
         loss_fn(model, x, y).backward()
         opt.step()
     assert set(opt.modes().values()) == {"spectral"}
-    sd = copy.deepcopy(opt.state_dict())
-    model2 = CNN(seed=1)
-    model2.load_state_dict(model.state_dict())
-    opt2 = GatedSpectral(model2, lr=1e-2, every=1, hi=1e-6, lo=1e-6)
-    opt2.load_state_dict(sd)
-    assert opt2.modes() == opt.modes()
-    for o, m in ((opt, model), (opt2, model2)):
-        o.zero_grad()
-        loss_fn(m, x, y).backward()
-        o.step()
-    for a, b in zip(model.parameters(), model2.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _assert_resumes_identically(opt, model, lambda m: GatedSpectral(m, lr=1e-2, every=1, hi=1e-6, lo=1e-6), (x, y))
 
 
 def test_conv_st_agrees_with_the_monitor():

@@ -293,15 +293,19 @@ def _layer_gram(ref: TensorRef, conv: str, cdtype: torch.dtype, use_numpy: bool)
     return C, scale, None
 
 
-def _on_accelerator(source: Any) -> bool:
-    """An nn.Module or mapping with a tensor off the CPU (its Grams are solved batched there)."""
+def _in_memory_tensors(source: Any) -> list[torch.Tensor] | None:
+    """The tensors of an nn.Module (parameters and buffers) or of a mapping; None for a path."""
     if isinstance(source, torch.nn.Module):
-        tensors = list(source.parameters()) + list(source.buffers())
-    elif isinstance(source, Mapping):
-        tensors = [v for v in source.values() if isinstance(v, torch.Tensor)]
-    else:
-        return False
-    return any(t.device.type != "cpu" for t in tensors)
+        return list(source.parameters()) + list(source.buffers())
+    if isinstance(source, Mapping):
+        return [v for v in source.values() if isinstance(v, torch.Tensor)]
+    return None
+
+
+def _on_accelerator(source: Any) -> bool:
+    """An in-memory source with a tensor off the CPU (its Grams are solved batched there)."""
+    tensors = _in_memory_tensors(source)
+    return tensors is not None and any(t.device.type != "cpu" for t in tensors)
 
 
 def _nbytes(ref: TensorRef) -> int:
@@ -312,13 +316,8 @@ def _nbytes(ref: TensorRef) -> int:
 
 def _in_memory_cpu(source: Any) -> bool:
     """An nn.Module or a mapping of tensors, all on the CPU (its tensors are already loaded)."""
-    if isinstance(source, torch.nn.Module):
-        tensors = list(source.parameters()) + list(source.buffers())
-    elif isinstance(source, Mapping):
-        tensors = [v for v in source.values() if isinstance(v, torch.Tensor)]
-    else:
-        return False
-    return all(t.device.type == "cpu" for t in tensors)
+    tensors = _in_memory_tensors(source)
+    return tensors is not None and all(t.device.type == "cpu" for t in tensors)
 
 
 def _float64_esd(ref: TensorRef, conv: str) -> np.ndarray | None:
