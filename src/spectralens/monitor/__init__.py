@@ -7,6 +7,8 @@ Davis & Drusvyatskiy, "When do spectral gradient updates help in deep learning?"
 * sinks: :class:`MemorySink`, :class:`JSONLSink`, :class:`CSVSink`, :class:`TensorBoardSink`,
   :class:`WandbSink`.
 * :func:`summarize` - per-layer / per-kind verdicts; :func:`layer_kind` - name -> kind.
+* torch.distributed: DDP and FSDP2 (``fully_shard``; sharded gradients are measured as the
+  full matrices through summed shard Grams) - see :mod:`spectralens.monitor.distributed`.
 * integrations (optional extras, imported lazily): ``spectralens.monitor.integrations.hf``
   (``SpectralMonitorCallback`` for transformers' Trainer) and
   ``spectralens.monitor.integrations.lightning`` (``SpectralMonitorCallback`` for Lightning).

@@ -33,7 +33,9 @@ failing sink warns once. ``close()`` (or leaving the ``with`` block) removes eve
 
 **Limits.** Tied weights (``lm_head.weight is tok_emb.weight``) have one gradient, the sum
 of both uses, which both layers report. Conv layers with ``groups > 1`` stack the groups'
-patches as rows (approximate). Under torch.distributed every rank must call ``step()``.
+patches as rows (approximate). Under torch.distributed (DDP, or FSDP2 ``fully_shard`` whose
+sharded gradients are measured as the full matrices, see ``monitor.distributed``) every rank
+must call ``step()``; FSDP1 (``FullyShardedDataParallel``) is refused.
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ from torch import nn
 from . import distributed as _dist
 from .accumulators import InputGramCache, LayerProbe
 from .kinds import LayerSelector, layer_kind, select_layers
-from .metrics import (activation_stats, condition, gain_gradient_stats, gradient_stats, token_stats,
-                      weight_matrix, weight_stats)
+from .metrics import (activation_stats, condition, gain_gradient_stats, gradient_stats,
+                      gradient_stats_from_eigenvalues, gram_eigenvalues, token_stats, weight_matrix, weight_stats,
+                      weight_stats_from_eigenvalues)
 from .sinks import RECORD_FIELDS, CSVSink, JSONLSink, MemorySink, Sink
 
 __all__ = ["SpectralMonitor", "DEFAULT_EVERY"]
@@ -63,7 +66,9 @@ class SpectralMonitor:
     """Per-layer nr(G), st(A), their ratio and the condition flags on every ``every``-th step.
 
     Args:
-        model: the network (a DDP/DataParallel wrapper is unwrapped, names have no ``module.``).
+        model: the network (a DDP/DataParallel wrapper is unwrapped, names have no ``module.``;
+            FSDP2 ``fully_shard`` modules are measured as the full matrices; FSDP1
+            ``FullyShardedDataParallel`` raises ``TypeError``).
         every: monitor step s when ``s % every == 0`` (default :data:`DEFAULT_EVERY`).
         layers: None (every Linear, HF Conv1D, Conv1d/2d, Embedding and norm gain), a regex on
             module names, a list of exact names, or ``f(name, module) -> bool``.
@@ -102,6 +107,7 @@ class SpectralMonitor:
             if not hasattr(s, "write"):
                 raise TypeError(f"sink {s!r} has no write(records) method")
         self.model = _dist.unwrap(model)
+        _dist.reject_fsdp1(self.model)
         selected = select_layers(self.model, layers)
         if not selected:
             raise ValueError("SpectralMonitor: no layer selected (the model has no trainable Linear, Conv1d/2d, "
@@ -224,17 +230,34 @@ class SpectralMonitor:
             json.dump(meta, fh, indent=1)
 
     def _collect(self) -> list[dict]:
-        if _dist.is_distributed():
-            _dist.all_reduce_probes(self.probes)
-            if not self._rank0:
-                return []
         with_alpha = self.alpha_every > 0 and self._n_monitored % self.alpha_every == 0
         with_weight = self.weight_stats and self._n_monitored % self.weight_every == 0
+        self._sharded: dict = {}
+        if _dist.is_distributed():
+            _dist.all_reduce_probes(self.probes)
+            # FSDP2: sharded weights/grads -> summed Grams or gathered tensors on rank 0
+            self._sharded = _dist.resolve_probes(self.probes, weights=with_weight or with_alpha,
+                                                 exact_grad=self.grad_method == "svd")
+            if not self._rank0:
+                self._sharded = {}
+                return []
         self._act_memo: list[tuple[torch.Tensor, dict]] = []
         try:
-            return [self._layer_record(p, with_alpha, with_weight) for p in self.probes]
+            return [self._layer_record(i, p, with_alpha, with_weight) for i, p in enumerate(self.probes)]
         finally:
             self._act_memo = []
+            self._sharded = {}
+
+    def _resolved(self, i: int, what: str, t):
+        """The tensor to measure: rank 0's gathered tensor or summed Gram for a sharded one
+        (see ``distributed.resolve_probes``), else ``t`` (a DTensor only on a one-rank mesh)."""
+        if (i, what) in self._sharded:
+            value = self._sharded[(i, what)]
+            if value is None:
+                raise RuntimeError(f"weight.{what} is None on at least one rank: call monitor.step() after backward() "
+                                   "and before zero_grad() on every rank" if what == "grad" else "not gathered")
+            return value
+        return None if t is None else _dist.local_if_single(t)
 
     def _activation_stats(self, gram: torch.Tensor, fro2: torch.Tensor) -> dict:
         """activation_stats, reusing the result of an identical Gram this step (Q, K, V share A)."""
@@ -245,7 +268,7 @@ class SpectralMonitor:
         self._act_memo.append((gram, stats))
         return stats
 
-    def _layer_record(self, p: LayerProbe, with_alpha: bool, with_weight: bool) -> dict:
+    def _layer_record(self, i: int, p: LayerProbe, with_alpha: bool, with_weight: bool) -> dict:
         t0 = time.perf_counter()
         rec = {"step": self._step, "layer": p.name, "kind": p.kind, "family": p.family}
         rec.update({k: _NAN for k in ("nr_grad", "st_act", "grad_fro", "grad_op", "st_grad", "weight_op",
@@ -266,20 +289,27 @@ class SpectralMonitor:
             except Exception as exc:
                 problems.append(f"activation: {exc}")
             try:  # the weight gradient
-                grad = p.module.weight.grad
+                grad = self._resolved(i, "grad", p.module.weight.grad)
                 if grad is None:
                     raise RuntimeError("weight.grad is None: call monitor.step() after backward() and before zero_grad()")
-                if grad.is_sparse:
-                    grad = grad.to_dense()
-                if p.family == "norm":
-                    rec.update(gain_gradient_stats(grad))
+                if isinstance(grad, _dist.SummedGram):  # sharded G: its Gram summed over the shards
+                    rec.update(gradient_stats_from_eigenvalues(gram_eigenvalues(grad.gram)))
                 else:
-                    rec.update(gradient_stats(weight_matrix(grad, p.family), self.grad_method))
+                    if grad.is_sparse:
+                        grad = grad.to_dense()
+                    if p.family == "norm":
+                        rec.update(gain_gradient_stats(grad))
+                    else:
+                        rec.update(gradient_stats(weight_matrix(grad, p.family), self.grad_method))
             except Exception as exc:
                 problems.append(f"gradient: {exc}")
             if with_weight or with_alpha:
                 try:
-                    ws = weight_stats(weight_matrix(p.module.weight, p.family), alpha=with_alpha)
+                    w = self._resolved(i, "weight", p.module.weight)
+                    if isinstance(w, _dist.SummedGram):
+                        ws = weight_stats_from_eigenvalues(gram_eigenvalues(w.gram), alpha=with_alpha)
+                    else:
+                        ws = weight_stats(weight_matrix(w, p.family), alpha=with_alpha)
                     if not with_weight:
                         ws = {"alpha": ws["alpha"]}
                     rec.update(ws)

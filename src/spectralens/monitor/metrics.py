@@ -26,8 +26,9 @@ from spectralens.linalg import (
     stable_rank_from_gram,
 )
 
-__all__ = ["weight_matrix", "top_eigenvalue", "activation_stats", "token_stats", "gradient_stats", "gain_gradient_stats",
-           "weight_stats", "condition"]
+__all__ = ["weight_matrix", "top_eigenvalue", "activation_stats", "token_stats", "gradient_stats",
+           "gradient_stats_from_eigenvalues", "gram_eigenvalues", "gain_gradient_stats", "weight_stats",
+           "weight_stats_from_eigenvalues", "condition"]
 
 _NAN = float("nan")
 
@@ -106,9 +107,14 @@ def token_stats(counts: torch.Tensor) -> dict:
 
 def gradient_stats(G: torch.Tensor, method: str = "gram") -> dict:
     """nr(G), ||G||_F, ||G||_op and st(G) of a gradient matrix (out, in) from eigenvalues of
-    its smaller Gram in float64 (lambda_i = s_i^2); ``method="svd"`` uses a float64 SVD
+    its smaller Gram in float64 (lambda_i = s_i^2); ``method="svd"`` uses a float64 SVD of G
     instead (slower; exact small singular values, e.g. for a numerically low-rank G)."""
-    ev = eigenvalues(G.detach(), dtype=torch.float64, method=method)
+    return gradient_stats_from_eigenvalues(eigenvalues(G.detach(), dtype=torch.float64, method=method))
+
+
+def gradient_stats_from_eigenvalues(ev: torch.Tensor) -> dict:
+    """:func:`gradient_stats` from the ascending eigenvalues lambda_i = s_i^2 of G's smaller
+    Gram (min(out, in) of them; e.g. the Gram summed over the shards of a sharded G)."""
     fro2 = float(ev.sum())
     return {
         "nr_grad": float(nuclear_rank_from_eigenvalues(ev)),
@@ -116,6 +122,12 @@ def gradient_stats(G: torch.Tensor, method: str = "gram") -> dict:
         "grad_op": math.sqrt(max(float(ev[-1]), 0.0)),
         "st_grad": float(stable_rank_from_eigenvalues(ev)),
     }
+
+
+def gram_eigenvalues(C: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues of a symmetric PSD Gram C (k x k), float64, clamped at 0 (what
+    ``linalg.eigenvalues(M, method="gram")`` returns when C is M's smaller Gram)."""
+    return torch.linalg.eigvalsh(C.to(torch.float64)).clamp_min(0)
 
 
 def gain_gradient_stats(g: torch.Tensor) -> dict:
@@ -136,11 +148,15 @@ def weight_stats(W: torch.Tensor, *, alpha: bool = False) -> dict:
     A 1-D weight (norm gain) is the diagonal matrix diag(w)."""
     W = W.detach()
     if W.dim() == 1:
-        ev = torch.sort(W.to(torch.float64) ** 2).values
-    else:
-        ev = eigenvalues(W, dtype=torch.float64, method="gram")
+        return weight_stats_from_eigenvalues(torch.sort(W.to(torch.float64) ** 2).values, alpha=False)
+    return weight_stats_from_eigenvalues(eigenvalues(W, dtype=torch.float64, method="gram"), alpha=alpha)
+
+
+def weight_stats_from_eigenvalues(ev: torch.Tensor, *, alpha: bool = False) -> dict:
+    """:func:`weight_stats` from the ascending eigenvalues of W's smaller Gram (all min(m, n)
+    of them: the Hill alpha's tail is the upper half)."""
     out = {"weight_op": math.sqrt(max(float(ev[-1]), 0.0)), "st_weight": float(stable_rank_from_eigenvalues(ev))}
-    out["alpha"] = float(hill_alpha(ev)) if alpha and W.dim() > 1 else _NAN
+    out["alpha"] = float(hill_alpha(ev)) if alpha else _NAN
     return out
 
 
